@@ -1,0 +1,1 @@
+"""Frame sources and the producer that pushes frames into Redis (never imports torch)."""

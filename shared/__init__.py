@@ -1,0 +1,1 @@
+"""Parts every scanguard process shares: settings, wire schemas, key names, Redis, logging."""

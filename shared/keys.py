@@ -1,0 +1,72 @@
+"""Every Redis key and channel name, built from the namespace; nothing else formats a key."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ARTEFACT_KINDS = ("masked", "heatmap")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Return `value` if it may appear inside a key name, else raise `ValueError`."""
+    if not _SAFE_ID.match(value):
+        raise ValueError(f"{what} {value!r} may only hold letters, digits and _ . : - (1-128 chars)")
+    return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one namespace.
+
+    The namespace sits in braces (a Redis Cluster hash tag) so every key of a
+    namespace lands in one slot and the publish script may touch them all.
+    """
+
+    namespace: str = "scanguard"
+
+    @property
+    def prefix(self) -> str:
+        return "{" + self.namespace + "}"
+
+    @property
+    def frames(self) -> str:
+        return f"{self.prefix}:frames"
+
+    @property
+    def results(self) -> str:
+        return f"{self.prefix}:results"
+
+    @property
+    def alerts(self) -> str:
+        return f"{self.prefix}:alerts"
+
+    @property
+    def alert_channel(self) -> str:
+        return f"{self.prefix}:alerts:live"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def stats(self) -> str:
+        """Hash of producer counters (sent, dropped)."""
+        return f"{self.prefix}:stats"
+
+    def artefact(self, event_id: str, kind: str) -> str:
+        if kind not in ARTEFACT_KINDS:
+            raise ValueError(f"unknown artefact kind {kind!r}; expected one of {ARTEFACT_KINDS}")
+        return f"{self.prefix}:artefact:{check_id(event_id, 'event id')}:{kind}"
+
+    def done(self, frame_id: str) -> str:
+        """Dedupe marker: set once a frame's decision is published."""
+        return f"{self.prefix}:done:{check_id(frame_id, 'frame id')}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{check_id(worker_id, 'worker id')}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"

@@ -1,0 +1,182 @@
+"""Wire messages: versioned pydantic models serialised as JSON (DESIGN §4).
+
+Frames travel as flat stream fields (so any Redis client can write one); events
+travel as one JSON string in the `event` field of their stream entry.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shared.keys import check_id
+
+DECISION_SCHEMA = "scanguard.decision/1"
+DEAD_SCHEMA = "scanguard.dead/1"
+FRAME_SCHEMA = "scanguard.frame/1"
+CONTENT_TYPES = ("image/jpeg", "image/png")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FrameError(ValueError):
+    """A frame entry that cannot be processed; the message is the dead-letter reason."""
+
+
+class FrameFields(BaseModel):
+    """The fields of one `{ns}:frames` entry, validated (the image bytes ride alongside)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    schema_: Literal["scanguard.frame/1"] = Field(FRAME_SCHEMA, alias="schema")
+    frame_id: str
+    scanner_id: str
+    captured_at: datetime
+    content_type: Literal["image/jpeg", "image/png"]
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("frame_id", "scanner_id")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_id(value)
+
+    @field_validator("captured_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+    def to_fields(self, image: bytes, enqueued_at: datetime | None = None) -> dict[str, bytes | str]:
+        """Stream entry fields for XADD."""
+        return {
+            "schema": FRAME_SCHEMA,
+            "frame_id": self.frame_id,
+            "scanner_id": self.scanner_id,
+            "captured_at": self.captured_at.isoformat(),
+            "enqueued_at": (enqueued_at or utc_now()).isoformat(),
+            "content_type": self.content_type,
+            "meta": json.dumps(self.meta, separators=(",", ":")),
+            "image": image,
+        }
+
+
+def parse_frame_fields(raw: dict[bytes, bytes], max_bytes: int) -> tuple[FrameFields, bytes, datetime | None]:
+    """Validate a raw stream entry; raise `FrameError` with the reason it is unusable."""
+    image = raw.get(b"image")
+    if image is None:
+        raise FrameError("missing field 'image'")
+    if len(image) == 0:
+        raise FrameError("field 'image' is empty")
+    if len(image) > max_bytes:
+        raise FrameError(f"image is {len(image)} bytes, over the {max_bytes}-byte limit")
+    try:
+        text = {k.decode(): v.decode() for k, v in raw.items() if k != b"image"}
+    except UnicodeDecodeError:
+        raise FrameError("a field other than 'image' is not UTF-8") from None
+    schema = text.get("schema", FRAME_SCHEMA)
+    if schema != FRAME_SCHEMA:
+        raise FrameError(f"unknown frame schema {schema!r}; this worker reads {FRAME_SCHEMA!r}")
+    try:
+        meta = json.loads(text["meta"]) if text.get("meta") else {}
+    except json.JSONDecodeError as exc:
+        raise FrameError(f"field 'meta' is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise FrameError("field 'meta' must be a JSON object")
+    text_fields: dict[str, Any] = {**text, "meta": meta}
+    try:
+        fields = FrameFields.model_validate(text_fields)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise FrameError(f"invalid frame fields: {reasons}") from None
+    enqueued = None
+    if "enqueued_at" in text:
+        try:
+            enqueued = datetime.fromisoformat(text["enqueued_at"])
+        except ValueError:
+            raise FrameError("field 'enqueued_at' is not an ISO-8601 time") from None
+    return fields, image, enqueued
+
+
+class Detection(BaseModel):
+    class_id: int
+    label: str
+    probability: float
+
+
+class ArtefactRef(BaseModel):
+    kind: Literal["masked", "heatmap"]
+    key: str
+    content_type: str
+    bytes: int
+    width: int
+    height: int
+    expires_at: datetime
+
+
+class Thresholds(BaseModel):
+    detect_th: float
+    reconsider_th: float
+    max_iter: int
+    on_exhausted: str
+    judge_original: bool
+    head_fusion: str
+    fill: float
+
+
+class ModelRef(BaseModel):
+    id: str
+    checksum: str
+    labels: list[str]
+
+
+class DecisionEvent(BaseModel):
+    """One per frame, on `{ns}:results`; threats also on `{ns}:alerts`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_: Literal["scanguard.decision/1"] = Field(DECISION_SCHEMA, alias="schema")
+    event_id: str
+    frame_id: str
+    entry_id: str  # the frames-stream entry this decides
+    scanner_id: str
+    captured_at: datetime
+    enqueued_at: datetime | None
+    decided_at: datetime
+    latency_ms: float  # decided_at - captured_at
+    decision: Literal["clear", "threat", "undetermined"]
+    detections: list[Detection]
+    probabilities: dict[str, float]
+    trace: list[dict[str, float]]  # per forward; [0] is the original image
+    iterations: int
+    forward_passes: int
+    thresholds: Thresholds
+    model: ModelRef
+    worker_id: str
+    artefacts: list[ArtefactRef]
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+class DeadLetter(BaseModel):
+    """A frame that could not be decided, on `{ns}:dead`, with the reason."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_: Literal["scanguard.dead/1"] = Field(DEAD_SCHEMA, alias="schema")
+    event_id: str
+    entry_id: str
+    frame_id: str | None
+    scanner_id: str | None
+    reason: str
+    deliveries: int
+    worker_id: str
+    failed_at: datetime
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)

@@ -1,0 +1,140 @@
+"""The one settings tree: environment variables `SCANGUARD_*`, nested with `__`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_CARD = Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
+
+ExhaustedOutcome = Literal["undetermined", "clear", "argmax"]
+HeadFusion = Literal["mean", "max", "min"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class SettingsError(ValueError):
+    """Raised when the configuration is invalid; the message names every bad setting."""
+
+
+class ErasingSettings(BaseModel):
+    """The decision policy of iterative erasing (seed values are the defaults)."""
+
+    detect_th: float = Field(0.1, gt=0.0, lt=1.0, description="threat probability that detects")
+    reconsider_th: float = Field(
+        0.001, gt=0.0, lt=1.0, description="all threat probabilities below this: clear"
+    )
+    max_iter: int = Field(5, ge=0, le=64, description="erasing iterations before giving up")
+    on_exhausted: ExhaustedOutcome = Field(
+        "undetermined", description="outcome when max_iter is spent without a decision"
+    )
+    judge_original: bool = Field(
+        False, description="apply the decision rules to the un-erased image first"
+    )
+    head_fusion: HeadFusion = "mean"
+    fill: float | None = Field(
+        None, ge=0.0, le=1.0, description="value erased pixels tend to; unset = the model card's"
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> ErasingSettings:
+        if self.reconsider_th >= self.detect_th:
+            raise ValueError(
+                f"reconsider_th ({self.reconsider_th}) must be below detect_th ({self.detect_th})"
+            )
+        return self
+
+
+class ModelSettings(BaseModel):
+    """Which model runs, where, and how."""
+
+    card: Path = Field(DEFAULT_MODEL_CARD, description="model card (JSON) next to its checkpoint")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: Precision = "fp32"
+    max_batch: int = Field(32, ge=1, le=4096)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            return value
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+
+
+class WorkerSettings(BaseModel):
+    """The batching loop, delivery and health."""
+
+    id: str | None = Field(None, description="worker id; unset = host name and pid")
+    group: str = "workers"
+    max_wait_ms: int = Field(20, ge=0, le=60_000, description="longest a read blocks when idle")
+    claim_idle_ms: int = Field(30_000, ge=100, description="pending this long: another worker takes it")
+    max_deliveries: int = Field(3, ge=1, le=100)
+    artefact_ttl_s: int = Field(86_400, ge=1)
+    dedupe_ttl_s: int = Field(7 * 86_400, ge=1)
+    heartbeat_ttl_s: int = Field(15, ge=2)
+    metrics_port: int = Field(9400, ge=0, le=65_535, description="0 disables the metrics server")
+    decode_threads: int = Field(2, ge=1, le=64)
+    max_frame_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")
+    jpeg_quality: int = Field(85, ge=1, le=100)
+    reconnect_max_s: float = Field(10.0, gt=0)
+
+
+class ProducerSettings(BaseModel):
+    """Frame sources and backpressure."""
+
+    scanner_id: str = "lane-1"
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_backlog: int = Field(1_000, ge=1, description="XLEN of the frames stream that triggers backpressure")
+    backpressure: Literal["block", "drop"] = "block"
+
+
+class Settings(BaseSettings):
+    """Everything scanguard reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SCANGUARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    redis_url: SecretStr | None = Field(
+        None, description="redis:// or rediss:// URL; unset = embedded Redis (demo only)"
+    )
+    namespace: str = Field("scanguard", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model: ModelSettings = ModelSettings()
+    erasing: ErasingSettings = ErasingSettings()
+    worker: WorkerSettings = WorkerSettings()
+    producer: ProducerSettings = ProducerSettings()
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate the settings; raise `SettingsError` naming each bad one.
+
+    Args:
+        **overrides: values that win over the environment (CLI flags).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "SCANGUARD_" + "__".join(str(part).upper() for part in err["loc"])
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,1 @@
+"""The GPU worker: model, attention rollout, iterative-erasing engine, batching loop."""

@@ -1,0 +1,119 @@
+"""Capture per-block attention from a timm ViT during its forward, and roll it out.
+
+timm's `Attention` computes attention explicitly when its `fused_attn` flag is off;
+the probabilities then pass through `attn_drop`, where a forward hook can read them.
+The flag is set per module, on the model we own, never through timm's process-wide
+switch, so other models in the process keep their fused kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.model import LoadedModel
+
+
+class AttentionRecorder:
+    """Records every block's head-fused attention, (B, N, N) in fp32, per forward.
+
+    Only one fused (B, N, N) map per block is kept: the (B, heads, N, N) tensor is
+    reduced inside the hook, while the block still holds it.
+    """
+
+    def __init__(self, module: nn.Module, head_fusion: str = "mean") -> None:
+        if head_fusion not in ("mean", "max", "min"):
+            raise ValueError(f"head_fusion must be mean, max or min, not {head_fusion!r}")
+        self.head_fusion = head_fusion
+        self.maps: list[torch.Tensor] = []
+        self._handles = []
+        self._blocks = list(module.blocks)  # type: ignore[union-attr, arg-type]
+        for block in self._blocks:
+            block.attn.fused_attn = False
+            self._handles.append(block.attn.attn_drop.register_forward_hook(self._hook))
+
+    def _hook(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        attn = output.float()  # (B, heads, N, N); rollout stays in fp32 under autocast
+        if self.head_fusion == "mean":
+            fused = attn.mean(dim=1)
+        elif self.head_fusion == "max":
+            fused = attn.amax(dim=1)
+        else:
+            fused = attn.amin(dim=1)
+        self.maps.append(fused)  # (B, N, N)
+
+    def take(self) -> list[torch.Tensor]:
+        """Return the maps of the last forward (block order) and forget them."""
+        maps, self.maps = self.maps, []
+        if len(maps) != len(self._blocks):
+            raise RuntimeError(
+                f"captured {len(maps)} attention maps for {len(self._blocks)} blocks; "
+                "the model's attention did not run through attn_drop"
+            )
+        return maps
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def rollout_class_row(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Row 0 of the attention rollout J_L = Â_L ··· Â_1, for every image.
+
+    Â_l = (Ā_l + I) with rows renormalised to sum 1. Only the [class] row is needed,
+    so the product is taken from the top as vector-matrix products: e_0ᵀ Â_L ··· Â_1.
+
+    Args:
+        maps: per-block head-fused attention, each (B, N, N), lowest block first.
+
+    Returns:
+        (B, N) fp32: how much the [class] token's output draws on each input token.
+    """
+    top = maps[-1]
+    batch, tokens, _ = top.shape
+    vec = torch.zeros(batch, 1, tokens, device=top.device, dtype=torch.float32)
+    vec[:, 0, 0] = 1.0  # e_0: the [class] token
+    eye = torch.eye(tokens, device=top.device, dtype=torch.float32)
+    for attn in reversed(maps):
+        residual = attn.float() + eye  # (B, N, N)
+        residual = residual / residual.sum(dim=-1, keepdim=True)
+        vec = torch.bmm(vec, residual)  # (B, 1, N)
+    return vec[:, 0, :]
+
+
+def attention_mask(
+    maps: Sequence[torch.Tensor], num_prefix_tokens: int, grid_hw: tuple[int, int]
+) -> torch.Tensor:
+    """The erasing mask: the [class] rollout over patches, on the grid, max-normalised.
+
+    Returns:
+        (B, rows, cols) fp32 in (0, 1]; the largest weight of each image is exactly 1.
+    """
+    row = rollout_class_row(maps)[:, num_prefix_tokens:]  # (B, patches)
+    rows, cols = grid_hw
+    if row.shape[1] != rows * cols:
+        raise ValueError(f"{row.shape[1]} patch tokens do not fill a {rows}x{cols} grid")
+    grid = row.reshape(-1, rows, cols)
+    grid = grid / grid.amax(dim=(1, 2), keepdim=True)
+    # Attention weights are softmax outputs and so positive, but a min-fused map can
+    # underflow; keep the mask strictly positive so no pixel is zeroed by rounding alone.
+    return grid.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def resize_mask(grid: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, rows, cols) masks to (B, 1, H, W) (half-pixel centres, like cv2)."""
+    return F.interpolate(grid[:, None], size=size_hw, mode="bilinear", align_corners=False)
+
+
+def forward_with_attention(
+    model: LoadedModel, recorder: AttentionRecorder, pixels: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One forward of un-normalised pixels: (logits (B, C), per-block attention maps)."""
+    mean = torch.tensor(model.mean, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=pixels.device).view(1, 3, 1, 1)
+    logits = model.module((pixels - mean) / std)
+    return logits, recorder.take()
