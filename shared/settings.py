@@ -70,10 +70,13 @@ class WorkerSettings(BaseModel):
 
     id: str | None = Field(None, description="worker id; unset = host name and pid")
     group: str = "workers"
-    max_wait_ms: int = Field(20, ge=0, le=60_000, description="longest a read blocks when idle")
+    max_wait_ms: int = Field(200, ge=1, le=60_000, description="longest a read blocks when idle")
     claim_idle_ms: int = Field(30_000, ge=100, description="pending this long: another worker takes it")
     max_deliveries: int = Field(3, ge=1, le=100)
     artefact_ttl_s: int = Field(86_400, ge=1)
+    stream_maxlen: int = Field(
+        1_000_000, ge=0, description="approximate cap of results/alerts/dead streams; 0 = none"
+    )
     dedupe_ttl_s: int = Field(7 * 86_400, ge=1)
     heartbeat_ttl_s: int = Field(15, ge=2)
     metrics_port: int = Field(9400, ge=0, le=65_535, description="0 disables the metrics server")

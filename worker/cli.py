@@ -1,0 +1,100 @@
+"""`python -m worker`: run a worker, check its health, or run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from shared.logs import configure_logging
+from shared.redis_conn import connect, describe_url
+from shared.settings import Settings, SettingsError, load_settings
+from worker.loop import Worker, default_worker_id, health_file
+from worker.model import ModelLoadError, load_model, resolve_device
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker",
+        description="scanguard GPU worker: ViT iterative erasing on frames from Redis. "
+        "Settings come from SCANGUARD_* environment variables.",
+    )
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="consume frames until stopped (the default command)")
+    run.add_argument("--burst", action="store_true", help="exit once the stream is empty")
+    run.add_argument("--id", help="worker id (default: SCANGUARD_WORKER__ID or host-pid)")
+    check = sub.add_parser("check", help="liveness probe: exit 0 if the worker loop is alive")
+    check.add_argument("--id", help="worker id to check (default: SCANGUARD_WORKER__ID)")
+    demo = sub.add_parser("demo", help="embedded Redis + producer + worker on synthetic frames")
+    demo.add_argument("--frames", type=int, default=120)
+    demo.add_argument("--fps", type=float, default=12.0)
+    demo.add_argument("--out", default="demo-out", help="folder for alert artefacts")
+    parser.add_argument("--check", action="store_true", help="same as the check command")
+    return parser
+
+
+def build_worker(settings: Settings, url: str) -> Worker:
+    """Load the model and connect: everything a worker needs, or a clear error."""
+    device = resolve_device(settings.model.device)
+    model = load_model(settings.model.card, device)
+    # Reads block up to max_wait_ms; the socket must outlast them.
+    client = connect(url, socket_timeout=max(30.0, settings.worker.max_wait_ms / 1000 + 5))
+    worker = Worker(settings, client, model)
+    worker.ensure_group()
+    return worker
+
+
+def check(settings: Settings, worker_id: str | None) -> int:
+    """0 if the worker's health file was touched within heartbeat_ttl_s, else 1."""
+    wid = worker_id or settings.worker.id
+    if wid is None:
+        print("check needs the worker id: --id or SCANGUARD_WORKER__ID", file=sys.stderr)
+        return 1
+    path = health_file(wid)
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        print(f"worker {wid}: no health file at {path}", file=sys.stderr)
+        return 1
+    if age > settings.worker.heartbeat_ttl_s:
+        print(f"worker {wid}: loop silent for {age:.1f}s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    command = "check" if args.check else (args.command or "run")
+    if command == "check":
+        return check(settings, getattr(args, "id", None))
+    if command == "demo":
+        from worker.demo import run_demo
+
+        return run_demo(settings, frames=args.frames, fps=args.fps, out_dir=args.out)
+    if settings.redis_url is None:
+        print("SCANGUARD_REDIS_URL is not set: a worker needs a shared Redis "
+              "(`python -m worker demo` runs everything on an embedded one)", file=sys.stderr)
+        return 2
+    if getattr(args, "id", None):
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"id": args.id})}
+        )
+    url = settings.redis_url.get_secret_value()
+    try:
+        worker = build_worker(settings, url)
+    except (ModelLoadError, ValueError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 2
+    structlog.get_logger("scanguard.worker").info(
+        "connected", redis=describe_url(url), worker_id=worker.id or default_worker_id()
+    )
+    return worker.run(burst=args.burst)

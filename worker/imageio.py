@@ -1,0 +1,115 @@
+"""Frame bytes in, artefact bytes out: guarded decoding, resizing and encoding."""
+
+from __future__ import annotations
+
+import struct
+
+import cv2
+import numpy as np
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# JPEG start-of-frame markers that carry the image size (all SOFn except DHT/JPG/DAC).
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a usable image; the message is the dead-letter reason."""
+
+
+def sniff_content_type(data: bytes) -> str | None:
+    if data.startswith(_PNG_MAGIC):
+        return "image/png"
+    if data.startswith(_JPEG_MAGIC):
+        return "image/jpeg"
+    return None
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise DecodeError("PNG header is truncated or has no IHDR chunk")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise DecodeError(f"JPEG marker expected at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _SOF_MARKERS:
+            if pos + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + length
+    raise DecodeError("JPEG is truncated before its frame header")
+
+
+def image_size(data: bytes, content_type: str) -> tuple[int, int]:
+    """(width, height) from the header alone, so a decompression bomb is refused unread."""
+    actual = sniff_content_type(data)
+    if actual is None:
+        raise DecodeError(f"bytes are neither PNG nor JPEG (declared {content_type})")
+    if actual != content_type:
+        raise DecodeError(f"declared {content_type} but the bytes are {actual}")
+    return _png_size(data) if actual == "image/png" else _jpeg_size(data)
+
+
+def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
+    """Decode JPEG/PNG bytes to (H, W, 3) uint8 RGB.
+
+    Grayscale, 16-bit and alpha images are accepted and converted; anything that is
+    not a complete image of the declared type raises `DecodeError`.
+    """
+    width, height = image_size(data, content_type)
+    if width == 0 or height == 0:
+        raise DecodeError(f"image header declares {width}x{height} pixels")
+    if width * height > max_pixels:
+        raise DecodeError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DecodeError(f"{content_type} bytes are corrupt or truncated")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DecodeError(f"unsupported sample type {image.dtype}")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise DecodeError(f"unsupported channel count {image.shape[2]}")
+
+
+def to_model_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB image to the model's (rows, cols); area filter when shrinking."""
+    rows, cols = input_hw
+    if image.shape[:2] == (rows, cols):
+        return np.ascontiguousarray(image)
+    shrink = image.shape[0] > rows or image.shape[1] > cols
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(image, (cols, rows), interpolation=interpolation)
+
+
+def encode_image(image: np.ndarray, content_type: str = "image/jpeg", quality: int = 85) -> bytes:
+    """Encode an RGB uint8 image as JPEG or PNG bytes."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    if content_type == "image/jpeg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    elif content_type == "image/png":
+        ok, buf = cv2.imencode(".png", bgr)
+    else:
+        raise ValueError(f"cannot encode {content_type}; use image/jpeg or image/png")
+    if not ok:
+        raise RuntimeError(f"OpenCV failed to encode a {image.shape} image as {content_type}")
+    return buf.tobytes()

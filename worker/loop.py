@@ -1,0 +1,380 @@
+"""The worker loop: read frames, decode, step the engine, render, publish, repeat.
+
+Each pass of the loop is a checklist: stop requested and drained? → maintenance
+(health, heartbeat, reclaim) → read into free slots → admit what has decoded → one
+engine step → hand finished frames to the render pool → publish what has rendered.
+Decoding and rendering run in a thread pool so they overlap the engine step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import structlog
+
+from shared.backoff import Backoff
+from shared.keys import Keys
+from shared.schemas import DeadLetter, FrameError, parse_frame_fields, utc_now
+from shared.settings import Settings
+from worker.decision import DecisionPolicy
+from worker.engine import EngineInput, ErasingEngine
+from worker.events import InFlight, Rendered, render
+from worker.imageio import DecodeError, decode_image, to_model_input
+from worker.metrics import WorkerMetrics
+from worker.model import LoadedModel
+from worker.publish import Publisher, PublishStatus
+
+log = structlog.get_logger("scanguard.worker")
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass(frozen=True, eq=False)
+class Rejected:
+    """A frame that cannot be decided, with the reason it goes to the dead-letter stream."""
+
+    entry_id: str
+    raw: dict[bytes, bytes]
+    reason: str
+    deliveries: int
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def health_file(worker_id: str) -> Path:
+    """Local liveness file; `worker --check` reads its age, so the probe needs no Redis."""
+    return Path(os.environ.get("SCANGUARD_HEALTH_DIR", "/tmp")) / f"scanguard-worker-{worker_id}.alive"
+
+
+class Worker:
+    """One consumer of the frames stream, driving one engine."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        model: LoadedModel,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
+        ws = settings.worker
+        self.settings = settings
+        self.client = client
+        self.model = model
+        self.keys = Keys(settings.namespace)
+        self.id = ws.id or default_worker_id()
+        self.metrics = metrics or WorkerMetrics()
+        self.policy = DecisionPolicy.from_settings(settings.erasing, model.fill)
+        self.engine = ErasingEngine(
+            model, self.policy, max_batch=settings.model.max_batch, precision=settings.model.precision
+        )
+        self.publisher = Publisher(
+            client,
+            self.keys,
+            ws.group,
+            artefact_ttl_s=ws.artefact_ttl_s,
+            dedupe_ttl_s=ws.dedupe_ttl_s,
+            stream_maxlen=ws.stream_maxlen,
+        )
+        self.health_path = health_file(self.id)
+        self.decided = 0
+        self.dead = 0
+        self._pool = ThreadPoolExecutor(ws.decode_threads, thread_name_prefix="scanguard-io")
+        self._decoding: deque[Future[tuple[InFlight, EngineInput] | Rejected]] = deque()
+        self._in_engine: dict[str, InFlight] = {}
+        self._rendering: deque[Future[Rendered]] = deque()
+        self._outbox: deque[Rendered | Rejected] = deque()
+        self._stop = threading.Event()
+        self._signals = 0
+        self._next_heartbeat = 0.0
+        self._next_reclaim = 0.0
+        self.log = log.bind(worker_id=self.id)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Warm shutdown: stop reading, finish and publish what is in flight."""
+        self._stop.set()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            self.log.info("warm_shutdown", signal=signal.Signals(signum).name, in_flight=self._in_flight())
+            self.request_stop()
+        else:
+            # Frames still pending here are reclaimed by other workers after claim_idle_ms.
+            self.log.warning("cold_shutdown", signal=signal.Signals(signum).name, in_flight=self._in_flight())
+            os._exit(1)
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def run(self, *, burst: bool = False, until: Callable[[], bool] | None = None) -> int:
+        """Work until stopped (exit code 0 after a drain).
+
+        Args:
+            burst: return once the stream is empty and nothing is in flight.
+            until: with `burst`, also wait until this returns True (e.g. producer done).
+        """
+        self._install_signals()
+        self.metrics.serve(self.settings.worker.metrics_port)
+        backoff = Backoff(0.05, self.settings.worker.reconnect_max_s)
+        self.log.info("worker_started", model=self.model.model_id, device=str(self.engine.device),
+                      max_batch=self.engine.max_batch, group=self.settings.worker.group)
+        reason = "stopped"
+        try:
+            while True:
+                if self._stop.is_set() and self._in_flight() == 0:
+                    reason = "drained"
+                    break
+                try:
+                    self._maintain()
+                    read = self._read()
+                    self._admit()
+                    self._step()
+                    self._publish()
+                    backoff.reset()
+                except _REDIS_DOWN as exc:
+                    delay = backoff.next_delay()
+                    self.metrics.reconnects.inc()
+                    self.log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 3))
+                    self._touch_health()
+                    time.sleep(delay)
+                    continue
+                if burst and read == 0 and self._in_flight() == 0 and (until is None or until()):
+                    reason = "burst_done"
+                    break
+        finally:
+            self._teardown(reason)
+        return 0
+
+    def _teardown(self, reason: str) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)
+        self.engine.close()
+        with contextlib.suppress(*_REDIS_DOWN):
+            self.client.delete(self.keys.worker(self.id))
+        self.health_path.unlink(missing_ok=True)
+        self.log.info("worker_stopped", reason=reason, decided=self.decided, dead=self.dead)
+
+    def _in_flight(self) -> int:
+        return len(self._decoding) + self.engine.active + len(self._rendering) + len(self._outbox)
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def _touch_health(self) -> None:
+        self.health_path.touch()
+
+    def _maintain(self) -> None:
+        self._touch_health()
+        now = time.monotonic()
+        ws = self.settings.worker
+        if now >= self._next_heartbeat:
+            self._heartbeat()
+            self._next_heartbeat = now + ws.heartbeat_ttl_s / 3
+        if now >= self._next_reclaim and not self._stop.is_set():
+            self._reclaim()
+            self._next_reclaim = now + max(ws.claim_idle_ms / 2000, 0.05)
+
+    def _heartbeat(self) -> None:
+        beat = {
+            "worker_id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "model": self.model.model_id,
+            "device": str(self.engine.device),
+            "decided": self.decided,
+            "active": self.engine.active,
+            "at": utc_now().isoformat(),
+        }
+        self.client.set(self.keys.worker(self.id), json.dumps(beat), ex=self.settings.worker.heartbeat_ttl_s)
+        backlog = self.client.xlen(self.keys.frames)
+        self.metrics.backlog.set(backlog)
+
+    def ensure_group(self) -> None:
+        """Create the consumer group (and the stream) if they do not exist yet."""
+        try:
+            self.client.xgroup_create(self.keys.frames, self.settings.worker.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- reading and decoding ------------------------------------------------------
+
+    def _slots_to_fill(self) -> int:
+        return self.engine.free_slots - len(self._decoding)
+
+    def _read(self) -> int:
+        """Read new entries into free slots; block only when there is nothing else to do."""
+        count = self._slots_to_fill()
+        if self._stop.is_set() or count <= 0:
+            return 0
+        idle = self._in_flight() == 0
+        try:
+            reply = self.client.xreadgroup(
+                self.settings.worker.group,
+                self.id,
+                {self.keys.frames: ">"},
+                count=count,
+                block=self.settings.worker.max_wait_ms if idle else None,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self.log.warning("group_missing", stream=self.keys.frames)
+            self.ensure_group()
+            return 0
+        entries = reply[0][1] if reply else []
+        for entry_id, raw in entries:
+            self._submit_decode(entry_id.decode(), raw, deliveries=1)
+        return len(entries)
+
+    def _submit_decode(self, entry_id: str, raw: dict[bytes, bytes] | None, deliveries: int) -> None:
+        self._decoding.append(self._pool.submit(self._decode, entry_id, raw or {}, deliveries))
+
+    def _decode(
+        self, entry_id: str, raw: dict[bytes, bytes], deliveries: int
+    ) -> tuple[InFlight, EngineInput] | Rejected:
+        ws = self.settings.worker
+        try:
+            fields, data, enqueued = parse_frame_fields(raw, ws.max_frame_bytes)
+            original = decode_image(data, fields.content_type, ws.max_pixels)
+        except (FrameError, DecodeError) as exc:
+            return Rejected(entry_id, raw, str(exc), deliveries)
+        frame = InFlight(entry_id, fields, enqueued, original, deliveries)
+        return frame, EngineInput(entry_id, to_model_input(original, self.model.input_hw))
+
+    def _admit(self) -> None:
+        if self._decoding and self.engine.active == 0 and not self._decoding[0].done():
+            wait([self._decoding[0]], timeout=1.0)  # nothing else to do until it decodes
+        admitted: list[EngineInput] = []
+        while self._decoding and self._decoding[0].done():
+            outcome = self._decoding.popleft().result()
+            if isinstance(outcome, Rejected):
+                self._outbox.append(outcome)
+                continue
+            frame, engine_input = outcome
+            self._in_engine[frame.entry_id] = frame
+            admitted.append(engine_input)
+        self.engine.admit(admitted)
+
+    # -- engine, rendering, publishing ---------------------------------------------
+
+    def _step(self) -> None:
+        if self.engine.active == 0:
+            return
+        active = self.engine.active
+        start = time.perf_counter()
+        finished = self.engine.step()
+        elapsed = time.perf_counter() - start
+        self.metrics.batch_size.observe(active)
+        self.metrics.step_seconds.observe(elapsed)
+        self.metrics.forwards.inc(active)
+        ws = self.settings.worker
+        for result in finished:
+            frame = self._in_engine.pop(str(result.key))
+            self._rendering.append(
+                self._pool.submit(
+                    render, frame, result, model=self.model, policy=self.policy, keys=self.keys,
+                    worker_id=self.id, artefact_ttl_s=ws.artefact_ttl_s, jpeg_quality=ws.jpeg_quality,
+                )
+            )
+        if finished:
+            self.log.debug("step_done", active=active, finished=len(finished), step_ms=round(elapsed * 1e3, 2))
+
+    def _publish(self) -> None:
+        if self._rendering and self.engine.active == 0 and not self._decoding:
+            wait(list(self._rendering), timeout=1.0, return_when=FIRST_COMPLETED)
+        while self._rendering and self._rendering[0].done():
+            self._outbox.append(self._rendering.popleft().result())
+        batch = {"published": 0, "discarded": 0, "duplicate": 0, "dead": 0}
+        while self._outbox:
+            item = self._outbox[0]
+            if isinstance(item, Rejected):
+                self._dead_letter(item)
+                batch["dead"] += 1
+            else:
+                status = self.publisher.decision(item.event, item.masked, item.heatmap)
+                self._account(item, status)
+                batch[status.name.lower()] += 1
+            self._outbox.popleft()  # only after Redis took it: an outage keeps it queued
+        if any(batch.values()):
+            self.log.info("batch_done", active=self.engine.active, **batch)
+
+    def _account(self, item: Rendered, status: PublishStatus) -> None:
+        event = item.event
+        if status is PublishStatus.PUBLISHED:
+            self.decided += 1
+            self.metrics.frames.labels(event.decision).inc()
+            self.metrics.iterations.observe(event.iterations)
+            self.metrics.latency_seconds.observe(event.latency_ms / 1000.0)
+            if event.decision == "threat":
+                self.log.info("threat_alert", frame_id=event.frame_id, scanner_id=event.scanner_id,
+                              classes=[d.label for d in event.detections], iterations=event.iterations)
+        elif status is PublishStatus.DISCARDED:
+            self.metrics.discarded.inc()
+            self.log.warning("publish_discarded", frame_id=event.frame_id, entry_id=event.entry_id)
+        else:
+            self.log.warning("duplicate_frame", frame_id=event.frame_id, entry_id=event.entry_id)
+
+    def _dead_letter(self, item: Rejected) -> None:
+        frame_id = item.raw.get(b"frame_id", b"").decode(errors="replace") or None
+        scanner_id = item.raw.get(b"scanner_id", b"").decode(errors="replace") or None
+        letter = DeadLetter(
+            event_id=os.urandom(16).hex(),
+            entry_id=item.entry_id,
+            frame_id=frame_id,
+            scanner_id=scanner_id,
+            reason=item.reason,
+            deliveries=item.deliveries,
+            worker_id=self.id,
+            failed_at=utc_now(),
+        )
+        if self.publisher.dead_letter(letter, item.raw):
+            self.dead += 1
+            self.metrics.dead.labels(item.reason.split(":")[0][:40]).inc()
+            self.log.warning("frame_dead", entry_id=item.entry_id, frame_id=frame_id, reason=item.reason)
+
+    # -- reclaiming stale entries --------------------------------------------------
+
+    def _reclaim(self) -> None:
+        """Take over entries another consumer left pending longer than claim_idle_ms."""
+        ws = self.settings.worker
+        count = self._slots_to_fill()
+        if count <= 0:
+            return
+        reply = self.client.xautoclaim(
+            self.keys.frames, ws.group, self.id, min_idle_time=ws.claim_idle_ms, start_id="0-0", count=count
+        )
+        claimed = [(eid.decode(), raw) for eid, raw in reply[1] if eid.decode() not in self._in_engine]
+        if not claimed:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for entry_id, _ in claimed:
+            pipe.xpending_range(self.keys.frames, ws.group, min=entry_id, max=entry_id, count=1)
+        pending = pipe.execute()
+        for (entry_id, raw), info in zip(claimed, pending, strict=True):
+            deliveries = int(info[0]["times_delivered"]) if info else 1
+            self.metrics.redeliveries.inc()
+            self.log.info("frame_reclaimed", entry_id=entry_id, deliveries=deliveries)
+            if not raw:
+                self._outbox.append(Rejected(entry_id, {}, "entry was deleted before it was decided", deliveries))
+            elif deliveries > ws.max_deliveries:
+                reason = f"delivered {deliveries} times without a decision (max_deliveries={ws.max_deliveries})"
+                self._outbox.append(Rejected(entry_id, raw, reason, deliveries))
+            else:
+                self._submit_decode(entry_id, raw, deliveries)

@@ -1,0 +1,79 @@
+"""Atomic writes to Redis: a decision with its artefacts, or a dead letter (Lua scripts)."""
+
+from __future__ import annotations
+
+import enum
+from importlib import resources
+
+import redis
+
+from shared.keys import Keys
+from shared.schemas import DeadLetter, DecisionEvent
+
+
+def _script(name: str) -> str:
+    return resources.files("worker").joinpath("lua", name).read_text()
+
+
+class PublishStatus(enum.IntEnum):
+    DISCARDED = 0  # another worker acknowledged the frame first
+    PUBLISHED = 1
+    DUPLICATE = 2  # the frame id was decided before (a re-sent frame)
+
+
+class Publisher:
+    """Writes one frame's outcome and acknowledges the frame in the same atomic step."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        group: str,
+        *,
+        artefact_ttl_s: int,
+        dedupe_ttl_s: int,
+        stream_maxlen: int,
+    ) -> None:
+        self.keys = keys
+        self.group = group
+        self.artefact_ttl_s = artefact_ttl_s
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.stream_maxlen = stream_maxlen
+        self._publish = client.register_script(_script("publish.lua"))
+        self._dead = client.register_script(_script("dead.lua"))
+
+    def decision(
+        self, event: DecisionEvent, masked: bytes | None, heatmap: bytes | None
+    ) -> PublishStatus:
+        """Publish `event` (and, for threats, the alert) and ack its frame, or do nothing."""
+        keys = self.keys
+        status = self._publish(
+            keys=[
+                keys.frames,
+                keys.results,
+                keys.alerts,
+                keys.done(event.frame_id),
+                keys.artefact(event.event_id, "masked"),
+                keys.artefact(event.event_id, "heatmap"),
+            ],
+            args=[
+                self.group,
+                event.entry_id,
+                event.to_json(),
+                "1" if event.decision == "threat" else "0",
+                keys.alert_channel,
+                self.artefact_ttl_s,
+                self.dedupe_ttl_s,
+                masked or b"",
+                heatmap or b"",
+                self.stream_maxlen,
+            ],
+        )
+        return PublishStatus(int(status))
+
+    def dead_letter(self, letter: DeadLetter, fields: dict[bytes, bytes]) -> bool:
+        """Move the frame to the dead-letter stream with its reason; False if already acked."""
+        args: list[bytes | str | int] = [self.group, letter.entry_id, letter.to_json(), self.stream_maxlen]
+        for name, value in fields.items():
+            args.extend((name, value))
+        return bool(self._dead(keys=[self.keys.frames, self.keys.dead], args=args))
