@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,3 +148,43 @@ def test_publish_is_discarded_when_another_worker_acked(redis_server, keys, tiny
 
     assert status.name == "DISCARDED"
     assert client.xlen(keys.results) == 1
+
+
+def test_metrics_count_what_was_published(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+    """The Prometheus registry counts every decision, forward pass and dead letter."""
+    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    client = redis_server.client()
+    worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
+    push_frames(client, keys, 12)
+    client.xadd(keys.frames, {"frame_id": "x", "image": b"junk"})
+    worker.run(burst=True)
+
+    registry = worker.metrics.registry
+    decided = sum(
+        registry.get_sample_value("scanguard_frames_total", {"decision": d}) or 0.0
+        for d in ("clear", "threat", "undetermined")
+    )
+    results = events(client, keys.results)
+    assert decided == 12 == len(results)
+    assert registry.get_sample_value("scanguard_forward_passes_total") == sum(
+        e["forward_passes"] for e in results
+    )
+    dead = sum(m.value for metric in registry.collect() if metric.name == "scanguard_dead_letters"
+               for m in metric.samples if m.name.endswith("_total"))
+    assert dead == 1
+
+
+def test_check_reports_a_live_loop(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+    """`worker check` exits 0 while the health file is fresh and 1 once it is stale or gone."""
+    from worker.cli import check
+
+    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__ID", "probe-me")
+    settings = load_settings()
+    assert check(settings, None) == 1  # never started
+    worker = make_worker(redis_server, keys, tiny_card, monkeypatch, id="probe-me")
+    worker._maintain()
+    assert check(settings, None) == 0
+    stale = time.time() - settings.worker.heartbeat_ttl_s - 5
+    os.utime(worker.health_path, (stale, stale))
+    assert check(settings, None) == 1

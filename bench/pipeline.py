@@ -1,0 +1,123 @@
+"""The full pipeline (producer → Redis → worker → publish) vs the engine alone.
+
+    python -m bench.pipeline [--frames 256] [--card models/scanguard-demo/card.json]
+
+Both runs decide the same synthetic scanner frames with the same model in this
+process. Prints frames/s of each and their ratio, then end-to-end latency p50/p99
+with the producer at a steady rate below capacity. Last line:
+`pipeline_vs_engine=<x>`. Redis is the embedded server unless --redis-url is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from producer.producer import Producer
+from producer.sources import SourceFrame
+from producer.synthetic import SyntheticScanner
+from shared.keys import Keys
+from shared.logs import configure_logging
+from shared.redis_conn import connect, embedded_redis
+from shared.settings import Settings, load_settings
+from worker.engine import EngineInput, ErasingEngine
+from worker.imageio import decode_image, encode_image, to_model_input
+from worker.loop import Worker
+from worker.model import load_model, resolve_device
+
+
+def encoded_frames(count: int, seed: int) -> list[bytes]:
+    """JPEG bytes of target-domain scanner frames, as a scanner would send them."""
+    scanner = SyntheticScanner(domain="target", seed=seed)
+    return [encode_image(scanner.frame(i).image, quality=90) for i in range(count)]
+
+
+def as_source(jpegs: list[bytes]) -> Iterator[SourceFrame]:
+    for data in jpegs:
+        yield SourceFrame(data, "image/jpeg", {})
+
+
+def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
+    """Frames/s of the engine on already-decoded, already-resized frames."""
+    model = load_model(settings.model.card, resolve_device(settings.model.device))
+    from worker.decision import DecisionPolicy
+
+    policy = DecisionPolicy.from_settings(settings.erasing, model.fill)
+    engine = ErasingEngine(model, policy, max_batch=settings.model.max_batch, precision=settings.model.precision)
+    pixels = [to_model_input(decode_image(d, "image/jpeg", 10**8), model.input_hw) for d in jpegs]
+    frames = [EngineInput(i, p) for i, p in enumerate(pixels)]
+    engine.run(frames[: settings.model.max_batch])  # warm-up
+    start = time.perf_counter()
+    engine.run(frames)
+    elapsed = time.perf_counter() - start
+    engine.close()
+    return len(frames) / elapsed
+
+
+def pipeline_run(settings: Settings, url: str, jpegs: list[bytes], fps: float | None) -> tuple[float, list[dict]]:
+    """Producer thread + worker (burst) on a fresh namespace; frames/s and the decision events."""
+    keys = Keys(settings.namespace)
+    client = connect(url)
+    worker = Worker(settings, client, load_model(settings.model.card, resolve_device(settings.model.device)))
+    worker.ensure_group()
+    producer = Producer(connect(url), keys, fps=fps, max_backlog=len(jpegs) + 1)
+    thread = threading.Thread(target=producer.run, args=(as_source(jpegs),), daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    worker.run(burst=True, until=lambda: not thread.is_alive())
+    elapsed = time.perf_counter() - start
+    thread.join()
+    events = [json.loads(f[b"event"]) for _, f in client.xrange(keys.results)]
+    if len(events) != len(jpegs):
+        raise RuntimeError(f"{len(jpegs)} frames sent, {len(events)} decisions published")
+    return len(jpegs) / elapsed, events
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=256)
+    parser.add_argument("--latency-frames", type=int, default=200)
+    parser.add_argument("--load", type=float, default=0.5, help="steady rate as a share of capacity")
+    parser.add_argument("--card", default=None, help="model card (default: the settings' model)")
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    configure_logging("json", "warning")
+
+    overrides: dict[str, object] = {"worker": {"metrics_port": 0}}
+    if args.card:
+        overrides["model"] = {"card": args.card}
+    base = load_settings(**overrides)
+    jpegs = encoded_frames(args.frames, args.seed)
+
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(embedded_redis())
+        engine_fps = engine_alone(base, jpegs)
+        run_settings = base.model_copy(update={"namespace": f"bench{int(time.time())}"})
+        pipe_fps, _ = pipeline_run(run_settings, url, jpegs, fps=None)
+
+        rate = max(1.0, pipe_fps * args.load)
+        steady = encoded_frames(args.latency_frames, args.seed + 1)
+        lat_settings = base.model_copy(update={"namespace": f"benchlat{int(time.time())}"})
+        _, events = pipeline_run(lat_settings, url, steady, fps=rate)
+
+    latency = np.array([e["latency_ms"] for e in events])
+    forwards = np.mean([e["forward_passes"] for e in events])
+    print(f"model={base.model.card} device={base.model.device} max_batch={base.model.max_batch} frames={len(jpegs)}")
+    print(f"{'':<28}{'frames/s':>10}")
+    print(f"{'engine alone':<28}{engine_fps:>10.2f}")
+    print(f"{'pipeline (producer→worker)':<28}{pipe_fps:>10.2f}")
+    print(f"forward passes per frame (steady run): {forwards:.2f}")
+    print(f"steady rate {rate:.1f} fps ({args.load:.0%} of capacity), {len(events)} frames: "
+          f"latency p50={np.percentile(latency, 50):.0f} ms p99={np.percentile(latency, 99):.0f} ms")
+    print(f"pipeline_vs_engine={pipe_fps / engine_fps:.3f}")
+
+
+if __name__ == "__main__":
+    main()
