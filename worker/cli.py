@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -72,8 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
     command = "check" if args.check else (args.command or "run")
+    # The demo prints its own progress; worker log lines would bury it unless asked for.
+    quiet = command == "demo" and "SCANGUARD_LOG_LEVEL" not in os.environ
+    configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
     if command == "check":
         return check(settings, getattr(args, "id", None))
     if command == "demo":

@@ -1,0 +1,188 @@
+"""`python -m producer`: push frames from a folder, a video or the synthetic scanner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import structlog
+
+from producer.producer import Producer, ProducerSummary
+from producer.sources import parse_source
+from shared.keys import Keys, check_id
+from shared.logs import configure_logging
+from shared.redis_conn import redis_from_settings
+from shared.settings import Settings, SettingsError, load_settings
+
+log = structlog.get_logger(__name__)
+CLEAR_TO_END = "\x1b[K"  # ANSI: erase from the cursor to the end of the line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m producer",
+        description="Push scanner frames into the Redis frames stream. Redis and defaults "
+        "come from SCANGUARD_* environment variables; flags win over them.",
+    )
+    parser.add_argument(
+        "--source",
+        default="synthetic:source",
+        help="dir:PATH | video:PATH_OR_URL_OR_INDEX | synthetic:source|target (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fps", type=float, default=None, help="frames per second (default: as fast as allowed)"
+    )
+    parser.add_argument("--count", type=int, default=None, help="stop after this many frames")
+    parser.add_argument(
+        "--loop", action="store_true", help="start a folder or video file again at its end"
+    )
+    parser.add_argument(
+        "--scanner-id", default=None, help="scanner id (default SCANGUARD_PRODUCER__SCANNER_ID)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="synthetic scanner seed (default %(default)s)"
+    )
+    parser.add_argument(
+        "--size", default=None, help="synthetic frame WIDTHxHEIGHT (default: the scanner's)"
+    )
+    parser.add_argument(
+        "--max-backlog",
+        type=int,
+        default=None,
+        help="frames-stream length that triggers backpressure",
+    )
+    parser.add_argument(
+        "--backpressure",
+        choices=("block", "drop"),
+        default=None,
+        help="when the backlog is full: wait, or drop the newest frame",
+    )
+    parser.add_argument(
+        "--jpeg-quality", type=int, default=None, help="quality of JPEGs the producer encodes"
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress line even on a terminal"
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {
+        "scanner_id": args.scanner_id,
+        "max_backlog": args.max_backlog,
+        "backpressure": args.backpressure,
+        "jpeg_quality": args.jpeg_quality,
+    }
+    producer = {name: value for name, value in flags.items() if value is not None}
+    return {"producer": producer} if producer else {}
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
+        raise ValueError(f"--size must look like 224x224, not {text!r}")
+    return int(width), int(height)
+
+
+class ProgressLine:
+    """A one-line progress display on a terminal, redrawn with a carriage return.
+
+    The cursor is left at the start of the line, so a log line written meanwhile
+    simply replaces the progress text instead of being glued to its end.
+    """
+
+    def __init__(self, stream: TextIO, every_s: float = 0.2):
+        self.stream = stream
+        self.every_s = every_s
+        self._last = 0.0
+
+    def __call__(self, summary: ProducerSummary) -> None:
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        rate = summary.sent / summary.elapsed_s if summary.elapsed_s > 0 else 0.0
+        self.stream.write(
+            f"\rsent {summary.sent}  dropped {summary.dropped}  backlog {summary.backlog}"
+            f"  {rate:.1f} frames/s{CLEAR_TO_END}\r"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Wipe the progress text (the summary is printed on stdout)."""
+        self.stream.write(f"\r{CLEAR_TO_END}")
+        self.stream.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the producer; exit 0 when done, 2 on bad settings or arguments."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(**_overrides(args))
+        check_id(settings.producer.scanner_id, "scanner id")
+        if args.fps is not None and args.fps <= 0:
+            raise ValueError(f"--fps must be positive, not {args.fps}")
+        source = parse_source(
+            args.source,
+            loop=args.loop,
+            seed=args.seed,
+            jpeg_quality=settings.producer.jpeg_quality,
+            size=_size(args.size),
+        )
+    except (SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    summary = _run(settings, source, args)
+    print(json.dumps(summary.as_dict()))
+    return 0
+
+
+def _stop_handler(producer: Producer) -> Any:
+    """First signal: finish the frame in hand and exit; a second one interrupts at once."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if producer.stop_event.is_set():
+            raise KeyboardInterrupt
+        producer.stop()
+
+    return handle
+
+
+def _run(settings: Settings, source: Any, args: argparse.Namespace) -> ProducerSummary:
+    progress = ProgressLine(sys.stderr) if sys.stderr.isatty() and not args.no_progress else None
+    if settings.redis_url is None:
+        log.warning(
+            "embedded_redis",
+            detail="SCANGUARD_REDIS_URL is unset; frames vanish when this process exits",
+        )
+    with redis_from_settings(settings) as client:
+        producer = Producer(
+            client,
+            Keys(settings.namespace),
+            settings.producer.scanner_id,
+            fps=args.fps,
+            count=args.count,
+            max_backlog=settings.producer.max_backlog,
+            backpressure=settings.producer.backpressure,
+            jpeg_quality=settings.producer.jpeg_quality,
+            on_progress=progress,
+        )
+        previous = {
+            sig: signal.signal(sig, _stop_handler(producer))
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            return producer.run(source)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if progress is not None:
+                progress.close()

@@ -1,0 +1,272 @@
+"""The producer: frames from a source into the frames stream, paced, with backpressure."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Literal, TypeVar
+
+import numpy as np
+import redis
+import structlog
+
+from producer.sources import SourceFrame, encode_image
+from shared.backoff import Backoff
+from shared.keys import Keys, check_id
+from shared.schemas import CONTENT_TYPES, FrameFields, utc_now
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+Backpressure = Literal["block", "drop"]
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+# How often a blocked producer re-reads the backlog: short enough to follow the workers.
+BLOCK_POLL_MIN_S = 0.005
+BLOCK_POLL_MAX_S = 0.2
+
+
+@dataclass
+class ProducerSummary:
+    """What happened to every frame the source offered.
+
+    offered == sent + dropped + abandoned, always.
+    """
+
+    offered: int = 0
+    sent: int = 0
+    dropped: int = 0
+    abandoned: int = 0  # taken from the source, then stopped while Redis was away
+    blocked_s: float = 0.0
+    reconnects: int = 0
+    backlog: int = 0
+    last_frame_id: str | None = None
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Producer:
+    """Pushes frames with XADD to `keys.frames`, one entry per frame (DESIGN §4).
+
+    Frame ids are `{scanner_id}:{run}:{sequence}`; the random run part keeps a
+    restarted producer from reusing ids that workers already marked as done.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        scanner_id: str = "lane-1",
+        *,
+        fps: float | None = None,
+        count: int | None = None,
+        max_backlog: int = 1_000,
+        backpressure: Backpressure = "block",
+        jpeg_quality: int = 90,
+        backoff: Backoff | None = None,
+        on_progress: Callable[[ProducerSummary], None] | None = None,
+    ):
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        if count is not None and count < 0:
+            raise ValueError(f"count must be zero or more, got {count}")
+        if max_backlog < 1:
+            raise ValueError(f"max_backlog must be at least 1, got {max_backlog}")
+        if backpressure not in ("block", "drop"):
+            raise ValueError(f"backpressure must be 'block' or 'drop', not {backpressure!r}")
+        self.client = client
+        self.keys = keys
+        self.scanner_id = check_id(scanner_id, "scanner id")
+        self.run_id = uuid.uuid4().hex[:8]
+        self.fps = fps
+        self.count = count
+        self.max_backlog = max_backlog
+        self.backpressure = backpressure
+        self.jpeg_quality = jpeg_quality
+        self.backoff = backoff or Backoff(0.05, 10.0)
+        self.on_progress = on_progress
+        self.stop_event = threading.Event()
+        self.summary = ProducerSummary()
+        self._backlog_full = False  # log when backpressure starts and ends, not per frame
+        self._log = log.bind(scanner_id=scanner_id, run_id=self.run_id, stream=keys.frames)
+
+    def stop(self) -> None:
+        """Ask `run` to return after the frame in hand (safe from a signal handler)."""
+        self.stop_event.set()
+
+    def run(self, source: Iterable[SourceFrame]) -> ProducerSummary:
+        """Send frames until the source ends, `count` is reached or `stop` is called."""
+        started = time.monotonic()
+        pace_start, paced = started, 0
+        self._log.info(
+            "producer_started",
+            fps=self.fps,
+            count=self.count,
+            max_backlog=self.max_backlog,
+            backpressure=self.backpressure,
+        )
+        frames = iter(source)
+        while True:
+            reason = self._stop_reason()
+            frame = next(frames, None) if reason is None else None
+            if frame is None:
+                break
+            if self.fps is not None:
+                pace_start, paced = self._pace(pace_start, paced)
+            self.summary.offered += 1
+            self._offer(frame)
+            self.summary.elapsed_s = time.monotonic() - started
+            if self.on_progress is not None:
+                self.on_progress(self.summary)
+        self.summary.elapsed_s = time.monotonic() - started
+        self._log.info(
+            "producer_done", reason=reason or "source_exhausted", **self.summary.as_dict()
+        )
+        return self.summary
+
+    def _stop_reason(self) -> str | None:
+        if self.stop_event.is_set():
+            return "stop_requested"
+        if self.count is not None and self.summary.offered >= self.count:
+            return "count_reached"
+        return None
+
+    def _pace(self, pace_start: float, paced: int) -> tuple[float, int]:
+        """Wait for the next frame slot; a producer that fell behind restarts its clock."""
+        assert self.fps is not None
+        due = pace_start + paced / self.fps
+        now = time.monotonic()
+        if now > due + 1.0 / self.fps:
+            return now, 1  # late (e.g. after an outage): no burst to catch up
+        self.stop_event.wait(max(0.0, due - now))
+        return pace_start, paced + 1
+
+    def _offer(self, frame: SourceFrame) -> None:
+        image, content_type = self._encoded(frame)
+        frame_id = f"{self.scanner_id}:{self.run_id}:{self.summary.offered}"
+        if len(frame_id) > 128:
+            frame_id = uuid.uuid4().hex
+        fields = FrameFields.model_validate(
+            {
+                "frame_id": frame_id,
+                "scanner_id": self.scanner_id,
+                "captured_at": utc_now(),
+                "content_type": content_type,
+                "meta": frame.meta,
+            }
+        )
+        if not self._room_for_one():
+            self._record_drop()
+            return
+        entry = fields.to_fields(image)
+        if self._redis(lambda: self._send(entry)) is None:
+            self.summary.abandoned += 1
+            self._log.warning(
+                "frame_abandoned", frame_id=frame_id, reason="stopped while Redis was away"
+            )
+            return
+        self.summary.sent += 1
+        self.summary.last_frame_id = frame_id
+
+    def _encoded(self, frame: SourceFrame) -> tuple[bytes, str]:
+        if frame.content_type not in CONTENT_TYPES:
+            raise ValueError(
+                f"source gave content type {frame.content_type!r}; expected one of {CONTENT_TYPES}"
+            )
+        if isinstance(frame.image, np.ndarray):
+            image = encode_image(frame.image, frame.content_type, self.jpeg_quality)
+            return image, frame.content_type
+        return bytes(frame.image), frame.content_type
+
+    def _send(self, entry: dict[str, bytes | str]) -> bool:
+        # XADD and the counter in one MULTI: the stats never claim a frame the stream lacks.
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.keys.frames, entry)  # type: ignore[arg-type]
+        pipe.hincrby(self.keys.stats, "sent", 1)
+        pipe.hincrby(self.keys.stats, f"sent:{self.scanner_id}", 1)
+        pipe.execute()
+        return True
+
+    def _room_for_one(self) -> bool:
+        """Apply backpressure; True when the frame may be sent, False when it is dropped."""
+        backlog = self._backlog()
+        if backlog is None or backlog < self.max_backlog:
+            return True
+        if not self._backlog_full:
+            # Logged once per episode; the counters carry the per-frame detail.
+            self._log.warning(
+                "backlog_full",
+                backlog=backlog,
+                max_backlog=self.max_backlog,
+                action=self.backpressure,
+            )
+            self._backlog_full = True
+        if self.backpressure == "drop":
+            return False
+        self._wait_for_room()
+        # Even when stopped while blocked, the frame in hand goes out: it is not lost.
+        return True
+
+    def _wait_for_room(self) -> None:
+        waited_from = time.monotonic()
+        delay = BLOCK_POLL_MIN_S
+        while not self.stop_event.wait(delay):
+            backlog = self._redis(self._xlen)
+            if backlog is None or backlog < self.max_backlog:
+                break
+            delay = min(delay * 2, BLOCK_POLL_MAX_S)
+        waited = time.monotonic() - waited_from
+        self.summary.blocked_s += waited
+        self._redis(
+            lambda: self.client.hincrbyfloat(self.keys.stats, "blocked_s", round(waited, 6))
+        )
+
+    def _backlog(self) -> int | None:
+        backlog = self._redis(self._xlen)
+        if backlog is not None and backlog < self.max_backlog and self._backlog_full:
+            self._log.info(
+                "backlog_drained",
+                backlog=backlog,
+                dropped=self.summary.dropped,
+                blocked_s=round(self.summary.blocked_s, 3),
+            )
+            self._backlog_full = False
+        return backlog
+
+    def _xlen(self) -> int:
+        backlog = int(self.client.xlen(self.keys.frames))
+        self.summary.backlog = backlog
+        return backlog
+
+    def _record_drop(self) -> None:
+        self.summary.dropped += 1
+        self._redis(self._incr_dropped)
+
+    def _incr_dropped(self) -> bool:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hincrby(self.keys.stats, "dropped", 1)
+        pipe.hincrby(self.keys.stats, f"dropped:{self.scanner_id}", 1)
+        pipe.execute()
+        return True
+
+    def _redis(self, call: Callable[[], T]) -> T | None:
+        """Run `call`, waiting out a Redis outage; None only if stopped meanwhile."""
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except REDIS_DOWN as exc:
+                if failures == 0:
+                    self._log.warning("redis_unavailable", error=str(exc))
+                failures += 1
+                if self.stop_event.wait(self.backoff.next_delay()):
+                    return None
+                continue
+            if failures:
+                self.summary.reconnects += 1
+                self._log.info("redis_reconnected", failed_attempts=failures)
+                self.backoff.reset()
+            return result

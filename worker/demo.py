@@ -1,0 +1,110 @@
+"""`python -m worker demo`: the whole line on one machine, with the embedded Redis.
+
+A producer thread feeds synthetic target-domain scanner frames at a steady rate, a
+worker decides them in this process, a follower prints alerts as they arrive and
+saves their artefacts, and a summary table closes the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from producer.producer import Producer
+from producer.sources import SyntheticSource
+from shared.alerts_cli import format_event
+from shared.client import EventClient
+from shared.keys import Keys
+from shared.redis_conn import connect, describe_url, embedded_redis
+from shared.schemas import DecisionEvent
+from shared.settings import Settings
+
+
+def _follow(events: EventClient, out_dir: Path, total: int, seen: list[DecisionEvent],
+            stop: threading.Event) -> None:
+    """Print every alert as it lands and a progress line every tenth decision."""
+    for received in events.follow("results", last_id="0", block_ms=500, stop=stop):
+        event = received.event
+        seen.append(event)
+        if event.decision == "threat":
+            saved = events.save_artefacts(event, out_dir)
+            print(f"ALERT {format_event(received)}  [{len(saved)} artefacts saved]", flush=True)
+        if len(seen) % 10 == 0 or len(seen) == total:
+            print(f"  … {len(seen)}/{total} frames decided", flush=True)
+        if len(seen) >= total:
+            return
+
+
+def _summary(events: list[DecisionEvent], elapsed_s: float, labels: tuple[str, ...]) -> str:
+    verdicts = Counter(e.decision for e in events)
+    by_class = Counter(d.label for e in events for d in e.detections)
+    latency = np.array([e.latency_ms for e in events]) if events else np.zeros(1)
+    truth = [(e.meta.get("label"), e) for e in events if "label" in e.meta]
+    flagged = sum(1 for label, e in truth if label != 0 and e.decision == "threat")
+    threats = sum(1 for label, _ in truth if label != 0)
+    false_alarms = sum(1 for label, e in truth if label == 0 and e.decision == "threat")
+    benign = sum(1 for label, _ in truth if label == 0)
+    rows = [
+        ("frames decided", f"{len(events)}"),
+        *((f"  {v}", f"{verdicts.get(v, 0)}") for v in ("clear", "threat", "undetermined")),
+        *((f"  threat: {name}", f"{by_class.get(name, 0)}") for name in labels[1:]),
+        ("throughput", f"{len(events) / max(elapsed_s, 1e-9):.1f} frames/s"),
+        ("latency p50 / p99", f"{np.percentile(latency, 50):.0f} / {np.percentile(latency, 99):.0f} ms"),
+        ("mean iterations", f"{np.mean([e.iterations for e in events]) if events else 0:.2f}"),
+        ("threats flagged (ground truth)", f"{flagged}/{threats}"),
+        ("false alarms (ground truth)", f"{false_alarms}/{benign}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def run_demo(settings: Settings, *, frames: int, fps: float, out_dir: str) -> int:
+    """Run producer, worker and alert follower until `frames` frames are decided."""
+    from worker.cli import build_worker
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        url = (settings.redis_url.get_secret_value() if settings.redis_url
+               else stack.enter_context(embedded_redis()))
+        namespace = f"demo{int(time.time())}"
+        run = settings.model_copy(update={"namespace": namespace})
+        keys = Keys(namespace)
+        print(f"scanguard demo: {frames} synthetic frames at {fps:g} fps, Redis {describe_url(url)}, "
+              f"namespace {namespace}; alert artefacts go to {out}/", flush=True)
+        worker = build_worker(run, url)
+        print(f"model {worker.model.model_id} on {worker.engine.device}, "
+              f"detect_th={worker.policy.detect_th} reconsider_th={worker.policy.reconsider_th} "
+              f"max_iter={worker.policy.max_iter} fill={worker.policy.fill}", flush=True)
+        producer = Producer(connect(url), keys, scanner_id="demo-lane", fps=fps, count=frames,
+                            max_backlog=settings.producer.max_backlog)
+        source = SyntheticSource("target", seed=int(time.time()) % 10_000)
+        feeder = threading.Thread(target=producer.run, args=(source,), name="producer", daemon=True)
+        seen: list[DecisionEvent] = []
+        stop = threading.Event()
+        follower = threading.Thread(
+            target=_follow, args=(EventClient(connect(url), keys), out, frames, seen, stop),
+            name="alerts", daemon=True,
+        )
+        follower.start()
+        started = time.perf_counter()
+        feeder.start()
+        worker.run(burst=True, until=lambda: not feeder.is_alive())
+        elapsed = time.perf_counter() - started
+        follower.join(timeout=10)
+        stop.set()
+    print("\nsummary", flush=True)
+    print(_summary(seen, elapsed, worker.model.labels), flush=True)
+    if producer.summary.dropped:
+        print(f"  producer dropped {producer.summary.dropped} frames (backpressure)", flush=True)
+    return 0 if len(seen) == frames else 1
+
+
+if __name__ == "__main__":
+    sys.exit("run it as: python -m worker demo")

@@ -1,0 +1,249 @@
+"""Train the demo model: a small ViT with a [class] token, on source-domain synthetic scans.
+
+    python -m worker.train --out models/scanguard-demo
+
+Trains from scratch on one CPU thread. Besides clean frames, the model sees frames after
+zero to three erasing steps that spare the object (or, on benign frames, some dense
+clutter), so its probabilities stay meaningful on the images iterative erasing makes.
+Writes `model.safetensors` and `card.json` (worker.model.ModelCard) into `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from timm.data import resolve_data_config
+from torch import nn
+
+from producer.synthetic import DEFAULT_SIZE, LABELS
+from worker.model import sha256_file
+from worker.train_data import FrameSet, cached_set, erase_augment, spare_points
+
+TIMM_NAME = "vit_tiny_patch16_224"
+MAX_CHECKPOINT_BYTES = 12 * 1024 * 1024
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("models/scanguard-demo"), help="folder for the checkpoint and card")
+    parser.add_argument("--name", default="scanguard-demo", help="model id written in the card")
+    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
+    parser.add_argument("--train-seed", type=int, default=1, help="scanner seed of the training frames")
+    parser.add_argument("--train-per-class", type=int, default=6600)
+    parser.add_argument("--val-seed", type=int, default=2, help="scanner seed of the source validation frames")
+    parser.add_argument("--val-per-class", type=int, default=200)
+    parser.add_argument("--input-size", type=int, nargs=2, default=(128, 160), metavar=("ROWS", "COLS"))
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--embed-dim", type=int, default=192)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--warmup-steps", type=int, default=300)
+    parser.add_argument("--erase-prob", type=float, default=0.6, help="share of samples given 1-3 erasing steps")
+    parser.add_argument("--fill", type=float, default=1.0, help="erasing fill used in training and written in the card")
+    parser.add_argument("--alt-fill", type=float, default=0.0, help="a second fill some erased samples get")
+    parser.add_argument("--alt-fill-prob", type=float, default=0.25)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/scanguard-cache"),
+                        help="where generated frame sets are kept between runs")
+    return parser.parse_args(argv)
+
+
+def build_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, object]]:
+    """The timm ViT and the kwargs that rebuild it (the card's timm_kwargs)."""
+    kwargs: dict[str, object] = {
+        "img_size": list(args.input_size),
+        "patch_size": args.patch,
+        "embed_dim": args.embed_dim,
+        "depth": args.depth,
+        "num_heads": args.heads,
+        "global_pool": "token",
+        "class_token": True,
+    }
+    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=len(LABELS), **kwargs)
+    return model, kwargs
+
+
+class Trainer:
+    """Holds the model, data and optimiser; `epoch()` makes one pass over the training set."""
+
+    def __init__(self, args: argparse.Namespace, model: nn.Module, train: FrameSet) -> None:
+        self.args = args
+        self.model = model
+        self.train = train
+        cfg = resolve_data_config({}, model=model)
+        self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        self.grid_hw = tuple(int(g) for g in model.patch_embed.grid_size)  # type: ignore[union-attr]
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.order_rng = np.random.default_rng(args.seed)
+        decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
+        rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                      {"params": rest, "weight_decay": 0.0}], lr=args.lr)
+        self.steps_per_epoch = len(train) // args.batch
+        self.total_steps = self.steps_per_epoch * args.epochs
+        self.step_count = 0
+
+    def _lr(self) -> float:
+        warm = self.args.warmup_steps
+        if self.step_count < warm:
+            return self.args.lr * (self.step_count + 1) / warm
+        progress = (self.step_count - warm) / max(1, self.total_steps - warm)
+        return self.args.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def batch_tensors(self, rows: np.ndarray, frames: FrameSet) -> tuple[torch.Tensor, ...]:
+        images = torch.from_numpy(frames.images[rows]).permute(0, 3, 1, 2).float().div_(255.0)
+        masks = torch.from_numpy(frames.masks[rows])
+        labels = torch.from_numpy(frames.labels[rows])
+        return images, masks, labels
+
+    def augment(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Random flips, then 0-3 erasing steps sparing the object (or dense benign matter)."""
+        batch = len(labels)
+        args = self.args
+        flip_h = torch.rand(batch, generator=self.gen) < 0.5
+        flip_v = torch.rand(batch, generator=self.gen) < 0.5
+        images = torch.where(flip_h.view(-1, 1, 1, 1), images.flip(3), images)
+        masks = torch.where(flip_h.view(-1, 1, 1), masks.flip(2), masks)
+        images = torch.where(flip_v.view(-1, 1, 1, 1), images.flip(2), images)
+        masks = torch.where(flip_v.view(-1, 1, 1), masks.flip(1), masks)
+        erased = torch.rand(batch, generator=self.gen) < args.erase_prob
+        steps = torch.randint(1, 4, (batch,), generator=self.gen) * erased
+        alt = torch.rand(batch, generator=self.gen) < args.alt_fill_prob
+        fills = torch.where(alt, torch.tensor(args.alt_fill), torch.tensor(args.fill))
+        keep_at = spare_points(images, masks, labels, self.gen)
+        return erase_augment(images, keep_at, steps, fills, self.grid_hw, self.gen)
+
+    def epoch(self, number: int, started: float) -> None:
+        self.model.train()
+        order = self.order_rng.permutation(len(self.train))
+        seen = correct = 0
+        loss_sum = 0.0
+        for step in range(self.steps_per_epoch):
+            rows = np.sort(order[step * self.args.batch:(step + 1) * self.args.batch])
+            images, masks, labels = self.batch_tensors(rows, self.train)
+            images = self.augment(images, masks, labels)
+            for group in self.opt.param_groups:
+                group["lr"] = self._lr()
+            logits = self.model((images - self.mean) / self.std)
+            loss = F.cross_entropy(logits, labels)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.step_count += 1
+            seen += len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            loss_sum += loss.item() * len(labels)
+            if (step + 1) % 50 == 0 or step + 1 == self.steps_per_epoch:
+                print(f"epoch {number} step {step + 1}/{self.steps_per_epoch} loss {loss_sum / seen:.4f} "
+                      f"acc {correct / seen:.4f} lr {self._lr():.2e} elapsed {time.monotonic() - started:.0f}s",
+                      flush=True)
+                seen = correct = 0
+                loss_sum = 0.0
+
+    @torch.inference_mode()
+    def validate(self, frames: FrameSet, steps: int, fill: float) -> dict[str, float]:
+        """Accuracy and mean probabilities on `frames` after `steps` object-sparing erasing steps."""
+        self.model.eval()
+        gen = torch.Generator().manual_seed(1234)
+        correct = 0
+        benign_threat_p = []
+        for start in range(0, len(frames), 128):
+            rows = np.arange(start, min(start + 128, len(frames)))
+            images, masks, labels = self.batch_tensors(rows, frames)
+            if steps:
+                keep_at = spare_points(images, masks, labels, gen)
+                images = erase_augment(images, keep_at, torch.full((len(rows),), steps), torch.full((len(rows),), fill),
+                                       self.grid_hw, gen)
+            probs = torch.softmax(self.model((images - self.mean) / self.std), dim=-1)
+            correct += int((probs.argmax(1) == labels).sum())
+            benign_threat_p.append(probs[labels == 0, 1:].sum(1))
+        return {"accuracy": correct / len(frames),
+                "benign_mean_threat_p": float(torch.cat(benign_threat_p).mean())}
+
+
+def write_outputs(args: argparse.Namespace, model: nn.Module, kwargs: dict[str, object], training: dict[str, object]) -> Path:
+    args.out.mkdir(parents=True, exist_ok=True)
+    ckpt = args.out / "model.safetensors"
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(ckpt), metadata={"format": "pt"})
+    if ckpt.stat().st_size > MAX_CHECKPOINT_BYTES:
+        raise SystemExit(f"checkpoint is {ckpt.stat().st_size} bytes, over the {MAX_CHECKPOINT_BYTES} limit; shrink the model")
+    cfg = resolve_data_config({}, model=model)
+    card = {
+        "name": args.name,
+        "timm_name": TIMM_NAME,
+        "timm_kwargs": kwargs,
+        "checkpoint": ckpt.name,
+        "sha256": sha256_file(ckpt),
+        "labels": list(LABELS),
+        "benign_index": 0,
+        "input_size": [3, *args.input_size],
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "fill": args.fill,
+        "training": training,
+    }
+    card_path = args.out / "card.json"
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    return card_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.monotonic()
+    input_hw = tuple(args.input_size)
+    train = cached_set(args.cache_dir, "source", args.train_seed, args.train_per_class, input_hw)
+    val = cached_set(args.cache_dir, "source", args.val_seed, args.val_per_class, input_hw)
+    print(f"data ready: {len(train)} training, {len(val)} validation frames, {time.monotonic() - started:.0f}s", flush=True)
+    model, kwargs = build_model(args)
+    trainer = Trainer(args, model, train)
+    history = []
+    for epoch in range(1, args.epochs + 1):
+        trainer.epoch(epoch, started)
+        scores = {f"erased{k}_fill{f:g}": trainer.validate(val, k, f)
+                  for k, f in [(0, args.fill), (3, args.fill), (3, args.alt_fill)]}
+        history.append({"epoch": epoch, **scores})
+        print(f"validation epoch {epoch}: {json.dumps(scores)}", flush=True)
+    wall = time.monotonic() - started
+    training = {
+        "command": "python -m worker.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "seed": args.seed,
+        "data": {"generator": "producer.synthetic.SyntheticScanner", "domain": "source",
+                 "train_seed": args.train_seed, "train_frames": len(train), "val_seed": args.val_seed,
+                 "val_frames": len(val), "frame_size": list(DEFAULT_SIZE), "resize": "cv2 INTER_AREA"},
+        "augmentation": {"flips": "horizontal, vertical", "erase_prob": args.erase_prob, "erase_steps": "1-3",
+                         "fill": args.fill, "alt_fill": args.alt_fill, "alt_fill_prob": args.alt_fill_prob},
+        "optimiser": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay, "batch": args.batch,
+                      "epochs": args.epochs, "warmup_steps": args.warmup_steps, "schedule": "cosine"},
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "wall_time_s": round(wall, 1),
+        "validation": history,
+    }
+    card_path = write_outputs(args, model, kwargs, training)
+    print(f"wrote {card_path} after {wall:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Generated frame sets at the model's input size, and the erasing augmentation.
+
+Both the training and the evaluation commands get their frames here, so they resize the
+scanner's frames the same way (area interpolation to the model input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from producer.synthetic import DEFAULT_SIZE, SyntheticScanner
+
+
+@dataclass(frozen=True, eq=False)
+class FrameSet:
+    """Frames resized to the model input, with labels and threat masks at that size."""
+
+    images: np.ndarray  # (N, rows, cols, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64
+    masks: np.ndarray  # (N, rows, cols) bool
+    domain: str
+    seed: int
+    indices: np.ndarray  # (N,) scanner frame index of each entry
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def to_model_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 frame to (rows, cols) with area interpolation."""
+    rows, cols = input_hw
+    if image.shape[:2] == (rows, cols):
+        return image
+    return cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA)
+
+
+def generate_set(domain: str, seed: int, per_class: int, input_hw: tuple[int, int],
+                 frame_size: tuple[int, int] = DEFAULT_SIZE, start: int = 0) -> FrameSet:
+    """`per_class` frames of each class (scanner indices start .. start + 3·per_class − 1)."""
+    scanner = SyntheticScanner(domain, seed=seed, size=frame_size)
+    count = 3 * per_class
+    rows, cols = input_hw
+    images = np.empty((count, rows, cols, 3), np.uint8)
+    masks = np.empty((count, rows, cols), bool)
+    labels = np.empty(count, np.int64)
+    for out, index in enumerate(range(start, start + count)):
+        frame = scanner.frame(index)
+        images[out] = to_model_input(frame.image, input_hw)
+        small = cv2.resize(frame.mask.astype(np.uint8) * 255, (cols, rows), interpolation=cv2.INTER_AREA)
+        masks[out] = small > 32
+        labels[out] = frame.label
+    return FrameSet(images, labels, masks, domain, seed, np.arange(start, start + count))
+
+
+def cached_set(cache_dir: Path | None, domain: str, seed: int, per_class: int,
+               input_hw: tuple[int, int], frame_size: tuple[int, int] = DEFAULT_SIZE) -> FrameSet:
+    """`generate_set`, kept as an .npz under `cache_dir` (None: no cache) keyed by its arguments."""
+    if cache_dir is None:
+        return generate_set(domain, seed, per_class, input_hw, frame_size)
+    key = json.dumps([domain, seed, per_class, list(input_hw), list(frame_size)])
+    path = Path(cache_dir) / f"{domain}-{seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    if path.is_file():
+        data = np.load(path)
+        return FrameSet(data["images"], data["labels"], data["masks"], domain, seed, data["indices"])
+    frames = generate_set(domain, seed, per_class, input_hw, frame_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, images=frames.images, labels=frames.labels, masks=frames.masks, indices=frames.indices)
+    tmp.replace(path)
+    return frames
+
+
+def spare_points(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                 gen: torch.Generator) -> torch.Tensor:
+    """A point per image (row, col in pixels) that the erasing augmentation keeps.
+
+    Threat images keep a random pixel of the threat; benign images keep a pixel drawn
+    with weight on dense (dark) matter, which is what a model's attention tends to seize.
+    """
+    batch, _, rows, cols = images.shape
+    darkness = (1.0 - images.mean(dim=1)).clamp_min(0).flatten(1) ** 2 + 1e-6  # (B, H·W)
+    weights = torch.where(labels[:, None] > 0, masks.flatten(1).float() + 1e-9, darkness)
+    flat = torch.multinomial(weights, 1, generator=gen)[:, 0]  # (B,)
+    return torch.stack([flat // cols, flat % cols], dim=-1).float()
+
+
+def erase_augment(images: torch.Tensor, keep_at: torch.Tensor, steps: torch.Tensor, fills: torch.Tensor,
+                  grid_hw: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """Apply up to three cumulative smooth erasing steps that spare a region, like the engine does.
+
+    Each step draws a patch-grid mask in (0, 1] (random floor, smoothed, a Gaussian bump of
+    ones around `keep_at`, max-normalised), resizes it bilinearly to the image and erases
+    x ← m·x + (1 − m)·fill, the engine's update.
+
+    Args:
+        images: (B, 3, H, W) pixels in [0, 1].
+        keep_at: (B, 2) (row, col) in pixels of the point every step spares.
+        steps: (B,) number of steps per image, 0 to 3.
+        fills: (B,) value erased pixels tend to.
+    """
+    batch, _, rows, cols = images.shape
+    grid_rows, grid_cols = grid_hw
+    out = images.clone()
+    centre = keep_at / torch.tensor([rows / grid_rows, cols / grid_cols]) - 0.5  # grid units
+    gy = torch.arange(grid_rows, dtype=torch.float32).view(1, -1, 1)
+    gx = torch.arange(grid_cols, dtype=torch.float32).view(1, 1, -1)
+    dist2 = (gy - centre[:, 0].view(-1, 1, 1)) ** 2 + (gx - centre[:, 1].view(-1, 1, 1)) ** 2
+    for step in range(int(steps.max().item()) if batch else 0):
+        active = steps > step
+        floor = torch.rand(batch, 1, 1, 1, generator=gen) * 0.75 + 0.05
+        noise = torch.rand(batch, 1, grid_rows, grid_cols, generator=gen)
+        noise = F.avg_pool2d(noise, 3, stride=1, padding=1, count_include_pad=False)
+        base = floor + (1.0 - floor) * noise  # (B, 1, gh, gw)
+        sigma = torch.rand(batch, 1, 1, generator=gen) * 1.5 + 0.8
+        bump = torch.exp(-dist2 / (2 * sigma**2))[:, None]  # (B, 1, gh, gw)
+        grid = torch.maximum(base, bump)
+        grid = grid / grid.amax(dim=(2, 3), keepdim=True)
+        mask = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)
+        erased = out * mask + (1.0 - mask) * fills.view(-1, 1, 1, 1)
+        out = torch.where(active.view(-1, 1, 1, 1), erased, out)
+    return out
