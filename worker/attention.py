@@ -8,7 +8,9 @@ switch, so other models in the process keep their fused kernels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +23,10 @@ class AttentionRecorder:
     """Records every block's head-fused attention, (B, N, N) in fp32, per forward.
 
     Only one fused (B, N, N) map per block is kept: the (B, heads, N, N) tensor is
-    reduced inside the hook, while the block still holds it.
+    reduced inside the hook, while the block still holds it. The hooks record only
+    inside `recording()` on the thread that entered it, so several recorders (engines)
+    may share one model, and other forwards of the model leave them untouched. The
+    model's attention stays explicit after `close()`; it gives the same numbers.
     """
 
     def __init__(self, module: nn.Module, head_fusion: str = "mean") -> None:
@@ -29,13 +34,26 @@ class AttentionRecorder:
             raise ValueError(f"head_fusion must be mean, max or min, not {head_fusion!r}")
         self.head_fusion = head_fusion
         self.maps: list[torch.Tensor] = []
+        self._recording_thread: int | None = None
         self._handles = []
         self._blocks = list(module.blocks)  # type: ignore[union-attr, arg-type]
         for block in self._blocks:
             block.attn.fused_attn = False
             self._handles.append(block.attn.attn_drop.register_forward_hook(self._hook))
 
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the attention of forwards run inside this block (on this thread)."""
+        self.maps = []
+        self._recording_thread = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._recording_thread = None
+
     def _hook(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if self._recording_thread != threading.get_ident():
+            return
         attn = output.float()  # (B, heads, N, N); rollout stays in fp32 under autocast
         if self.head_fusion == "mean":
             fused = attn.mean(dim=1)
@@ -115,5 +133,6 @@ def forward_with_attention(
     """One forward of un-normalised pixels: (logits (B, C), per-block attention maps)."""
     mean = torch.tensor(model.mean, device=pixels.device).view(1, 3, 1, 1)
     std = torch.tensor(model.std, device=pixels.device).view(1, 3, 1, 1)
-    logits = model.module((pixels - mean) / std)
+    with recorder.recording():
+        logits = model.module((pixels - mean) / std)
     return logits, recorder.take()

@@ -147,6 +147,8 @@ def read_card(card_path: Path) -> ModelCard:
         raw = json.loads(Path(card_path).read_text())
     except FileNotFoundError:
         raise ModelLoadError(f"model card {card_path} does not exist") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"model card {card_path} cannot be read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"model card {card_path} is not valid JSON: {exc}") from None
     try:
@@ -156,6 +158,15 @@ def read_card(card_path: Path) -> ModelCard:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return _read_state_dict_unchecked(path)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # safetensors and torch.load raise many types for a bad file
+        raise ModelLoadError(f"checkpoint {path} is corrupt or unreadable: {exc}") from None
+
+
+def _read_state_dict_unchecked(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
