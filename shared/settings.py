@@ -96,6 +96,28 @@ class ProducerSettings(BaseModel):
     backpressure: Literal["block", "drop"] = "block"
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (web)."""
+
+    host: str = Field("127.0.0.1", description="bind address; anything else needs a token")
+    port: int = Field(8080, ge=1, le=65_535)
+    token: SecretStr | None = Field(None, description="access token (required off loopback)")
+
+
+class DeliverySettings(BaseModel):
+    """Downstream delivery: the dispatcher and its RQ sinks."""
+
+    group: str = "dispatch"
+    streams: list[Literal["results", "alerts"]] = ["alerts"]
+    sinks: list[str] = Field(default_factory=list, description="sink names or dotted paths")
+    queue: str = "scanguard-delivery"
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(5, ge=0, le=100)
+    archive_dir: Path = Path("archive")
+
+
 class Settings(BaseSettings):
     """Everything scanguard reads from its environment."""
 
@@ -116,6 +138,8 @@ class Settings(BaseSettings):
     erasing: ErasingSettings = ErasingSettings()
     worker: WorkerSettings = WorkerSettings()
     producer: ProducerSettings = ProducerSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    delivery: DeliverySettings = DeliverySettings()
 
     @field_validator("redis_url")
     @classmethod
