@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from pipeline_fixtures import ERASING_ENV, write_tiny_card
 from redis_procs import Binary, ExternalRedis, RedisProcess, find_binary, free_port
 
 from shared.keys import Keys
@@ -67,3 +70,75 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis_server.client()
     yield client
     client.close()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init tiny ViT checkpoint and card on disk (sharpened head, varied decisions)."""
+    return write_tiny_card(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def spawn_worker(tiny_card: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start real worker processes (logs in tmp_path/ID.log); leftovers are killed at the end.
+
+    Call as `spawn_worker(url, keys, worker_id, *args, command=None, **env)`; `command`
+    replaces `python -m worker run` (e.g. the fault launcher), `env` adds variables.
+    """
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(url: str, keys: Keys, worker_id: str, *args: str,
+              command: list[str] | None = None, **env: str) -> subprocess.Popen[bytes]:
+        environ = {
+            **os.environ,
+            **ERASING_ENV,
+            "SCANGUARD_REDIS_URL": url,
+            "SCANGUARD_NAMESPACE": keys.namespace,
+            "SCANGUARD_MODEL__CARD": str(tiny_card),
+            "SCANGUARD_MODEL__MAX_BATCH": "4",
+            "SCANGUARD_WORKER__ID": worker_id,
+            "SCANGUARD_WORKER__METRICS_PORT": "0",
+            "SCANGUARD_WORKER__MAX_WAIT_MS": "100",
+            "SCANGUARD_WORKER__RECONNECT_MAX_S": "0.5",
+            "SCANGUARD_HEALTH_DIR": str(tmp_path),
+            "SCANGUARD_LOG_FORMAT": "json",
+            **env,
+        }
+        argv = command or [sys.executable, "-m", "worker", "run"]
+        with open(tmp_path / f"{worker_id}.log", "ab") as log:
+            proc = subprocess.Popen([*argv, *args], cwd=ROOT, env=environ, stdout=log, stderr=log)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class ReliabilityLog:
+    """Rows for docs/RELIABILITY.md: each fault or bad-input scenario and its counts."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, object]] = []
+
+    def record(self, scenario: str, expected: str, *, sent: int, decided: int, dead: int,
+               duplicated: int, lost: int, note: str = "") -> None:
+        self.rows.append({"scenario": scenario, "expected": expected, "sent": sent, "decided": decided,
+                          "dead": dead, "duplicated": duplicated, "lost": lost, "note": note})
+
+
+@pytest.fixture(scope="session")
+def reliability() -> Iterator[ReliabilityLog]:
+    """Collects scenario counts; with SCANGUARD_RELIABILITY_OUT set, writes them there as JSON."""
+    log = ReliabilityLog()
+    yield log
+    out = os.environ.get("SCANGUARD_RELIABILITY_OUT")
+    if out and log.rows:
+        import json
+
+        Path(out).write_text(json.dumps(log.rows, indent=1))

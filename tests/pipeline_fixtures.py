@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,3 +85,17 @@ def push_frames(
 def events(client: redis.Redis, stream: str) -> list[dict]:
     """Every event JSON on a stream, parsed."""
     return [json.loads(fields[b"event"]) for _, fields in client.xrange(stream)]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def heartbeat(client: redis.Redis, keys: Keys, worker_id: str) -> Callable[[], bool]:
+    """A condition: the worker's heartbeat key exists."""
+    return lambda: client.exists(keys.worker(worker_id)) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pipeline_fixtures import ERASING_ENV, events, push_frames, write_tiny_card
+from pipeline_fixtures import ERASING_ENV, events, push_frames
 
 from shared.keys import Keys
 from shared.schemas import DecisionEvent
@@ -22,11 +22,6 @@ from worker.loop import Worker
 from worker.model import load_model
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_card(tmp_path_factory.mktemp("model"))
 
 
 def make_worker(server, keys: Keys, card: Path, monkeypatch, **worker) -> Worker:

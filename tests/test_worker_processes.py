@@ -2,75 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
-from pipeline_fixtures import ERASING_ENV, events, push_frames, write_tiny_card
-
-from shared.keys import Keys
+from pipeline_fixtures import events, heartbeat, push_frames, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_card(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture
-def spawn_worker(tiny_card, tmp_path) -> Iterator[Callable[..., subprocess.Popen]]:
-    """Start worker processes; any still running at the end are killed."""
-    procs: list[subprocess.Popen] = []
-
-    def spawn(url: str, keys: Keys, worker_id: str, *args: str, **env: str) -> subprocess.Popen:
-        environ = {
-            **os.environ,
-            **ERASING_ENV,
-            "SCANGUARD_REDIS_URL": url,
-            "SCANGUARD_NAMESPACE": keys.namespace,
-            "SCANGUARD_MODEL__CARD": str(tiny_card),
-            "SCANGUARD_MODEL__MAX_BATCH": "4",
-            "SCANGUARD_WORKER__ID": worker_id,
-            "SCANGUARD_WORKER__METRICS_PORT": "0",
-            "SCANGUARD_WORKER__MAX_WAIT_MS": "100",
-            "SCANGUARD_WORKER__RECONNECT_MAX_S": "0.5",
-            "SCANGUARD_HEALTH_DIR": str(tmp_path),
-            "SCANGUARD_LOG_FORMAT": "json",
-            **env,
-        }
-        log = open(tmp_path / f"{worker_id}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", *args], cwd=ROOT, env=environ, stdout=log, stderr=log
-        )
-        log.close()
-        procs.append(proc)
-        return proc
-
-    yield spawn
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def heartbeat(client, keys: Keys, worker_id: str) -> Callable[[], bool]:
-    return lambda: client.exists(keys.worker(worker_id)) == 1
 
 
 def test_two_workers_share_the_stream_without_duplicates(redis_server, keys, spawn_worker):

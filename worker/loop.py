@@ -18,7 +18,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -26,28 +25,18 @@ import structlog
 
 from shared.backoff import Backoff
 from shared.keys import Keys
-from shared.schemas import DeadLetter, FrameError, parse_frame_fields, utc_now
+from shared.schemas import DeadLetter, utc_now
 from shared.settings import Settings
 from worker.decision import DecisionPolicy
 from worker.engine import EngineInput, ErasingEngine
 from worker.events import InFlight, Rendered, render
-from worker.imageio import DecodeError, decode_image, to_model_input
+from worker.intake import IntakeLimits, Rejected, decode_entry
 from worker.metrics import WorkerMetrics
 from worker.model import LoadedModel
 from worker.publish import Publisher, PublishStatus
 
 log = structlog.get_logger("scanguard.worker")
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-
-
-@dataclass(frozen=True, eq=False)
-class Rejected:
-    """A frame that cannot be decided, with the reason it goes to the dead-letter stream."""
-
-    entry_id: str
-    raw: dict[bytes, bytes]
-    reason: str
-    deliveries: int
 
 
 def default_worker_id() -> str:
@@ -90,11 +79,13 @@ class Worker:
             stream_maxlen=ws.stream_maxlen,
         )
         self.health_path = health_file(self.id)
+        self._limits = IntakeLimits(ws.max_frame_bytes, ws.max_pixels, model.input_hw)
         self.decided = 0
         self.dead = 0
         self._pool = ThreadPoolExecutor(ws.decode_threads, thread_name_prefix="scanguard-io")
         self._decoding: deque[Future[tuple[InFlight, EngineInput] | Rejected]] = deque()
         self._in_engine: dict[str, InFlight] = {}
+        self._owned: set[str] = set()  # entry ids read or claimed and not yet published
         self._rendering: deque[Future[Rendered]] = deque()
         self._outbox: deque[Rendered | Rejected] = deque()
         self._stop = threading.Event()
@@ -239,8 +230,10 @@ class Worker:
             self.ensure_group()
             return 0
         entries = reply[0][1] if reply else []
-        for entry_id, raw in entries:
-            self._submit_decode(entry_id.decode(), raw, deliveries=1)
+        for raw_id, raw in entries:
+            entry_id = raw_id.decode()
+            self._owned.add(entry_id)
+            self._submit_decode(entry_id, raw, deliveries=1)
         return len(entries)
 
     def _submit_decode(self, entry_id: str, raw: dict[bytes, bytes] | None, deliveries: int) -> None:
@@ -249,14 +242,7 @@ class Worker:
     def _decode(
         self, entry_id: str, raw: dict[bytes, bytes], deliveries: int
     ) -> tuple[InFlight, EngineInput] | Rejected:
-        ws = self.settings.worker
-        try:
-            fields, data, enqueued = parse_frame_fields(raw, ws.max_frame_bytes)
-            original = decode_image(data, fields.content_type, ws.max_pixels)
-        except (FrameError, DecodeError) as exc:
-            return Rejected(entry_id, raw, str(exc), deliveries)
-        frame = InFlight(entry_id, fields, enqueued, original, deliveries)
-        return frame, EngineInput(entry_id, to_model_input(original, self.model.input_hw))
+        return decode_entry(entry_id, raw, deliveries, self._limits)
 
     def _admit(self) -> None:
         if self._decoding and self.engine.active == 0 and not self._decoding[0].done():
@@ -312,6 +298,7 @@ class Worker:
                 self._account(item, status)
                 batch[status.name.lower()] += 1
             self._outbox.popleft()  # only after Redis took it: an outage keeps it queued
+            self._owned.discard(item.entry_id if isinstance(item, Rejected) else item.event.entry_id)
         if any(batch.values()):
             self.log.info("batch_done", active=self.engine.active, **batch)
 
@@ -352,25 +339,35 @@ class Worker:
     # -- reclaiming stale entries --------------------------------------------------
 
     def _reclaim(self) -> None:
-        """Take over entries another consumer left pending longer than claim_idle_ms."""
+        """Take over entries another consumer left pending longer than claim_idle_ms.
+
+        XPENDING (with IDLE) names the candidates and their delivery counts; XCLAIM
+        then takes each only if it is still idle, so two workers never both win one.
+        Entries this worker holds itself are left alone.
+        """
         ws = self.settings.worker
         count = self._slots_to_fill()
         if count <= 0:
             return
-        reply = self.client.xautoclaim(
-            self.keys.frames, ws.group, self.id, min_idle_time=ws.claim_idle_ms, start_id="0-0", count=count
+        stale = self.client.xpending_range(
+            self.keys.frames, ws.group, min="-", max="+", count=count + len(self._owned),
+            idle=ws.claim_idle_ms,
         )
-        claimed = [(eid.decode(), raw) for eid, raw in reply[1] if eid.decode() not in self._in_engine]
-        if not claimed:
+        candidates = {
+            p["message_id"].decode(): int(p["times_delivered"])
+            for p in stale
+            if p["message_id"].decode() not in self._owned
+        }
+        if not candidates:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for entry_id, _ in claimed:
-            pipe.xpending_range(self.keys.frames, ws.group, min=entry_id, max=entry_id, count=1)
-        pending = pipe.execute()
-        for (entry_id, raw), info in zip(claimed, pending, strict=True):
-            deliveries = int(info[0]["times_delivered"]) if info else 1
+        ids = list(candidates)[:count]
+        claimed = self.client.xclaim(self.keys.frames, ws.group, self.id, ws.claim_idle_ms, ids)
+        for raw_id, raw in claimed:
+            entry_id = raw_id.decode()
+            deliveries = candidates[entry_id] + 1  # XCLAIM counted one more delivery
             self.metrics.redeliveries.inc()
             self.log.info("frame_reclaimed", entry_id=entry_id, deliveries=deliveries)
+            self._owned.add(entry_id)
             if not raw:
                 self._outbox.append(Rejected(entry_id, {}, "entry was deleted before it was decided", deliveries))
             elif deliveries > ws.max_deliveries:
