@@ -64,6 +64,16 @@ def image_size(data: bytes, content_type: str) -> tuple[int, int]:
     return _png_size(data) if actual == "image/png" else _jpeg_size(data)
 
 
+def _check_complete(data: bytes, content_type: str) -> None:
+    """Refuse truncated files: decoders fill a cut-off JPEG with grey rather than fail."""
+    if content_type == "image/jpeg":
+        # Some encoders pad after the end-of-image marker; look at the last few bytes.
+        if b"\xff\xd9" not in data[-16:]:
+            raise DecodeError("JPEG is truncated: no end-of-image marker")
+    elif b"IEND" not in data[-16:]:
+        raise DecodeError("PNG is truncated: no IEND chunk")
+
+
 def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
     """Decode JPEG/PNG bytes to (H, W, 3) uint8 RGB.
 
@@ -71,6 +81,7 @@ def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
     not a complete image of the declared type raises `DecodeError`.
     """
     width, height = image_size(data, content_type)
+    _check_complete(data, content_type)
     if width == 0 or height == 0:
         raise DecodeError(f"image header declares {width}x{height} pixels")
     if width * height > max_pixels:
