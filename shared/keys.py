@@ -51,6 +51,11 @@ class Keys:
         return f"{self.prefix}:dead"
 
     @property
+    def verdicts(self) -> str:
+        """Operators' verdicts on alerts (the console appends; labelled data for the next model)."""
+        return f"{self.prefix}:verdicts"
+
+    @property
     def stats(self) -> str:
         """Hash of producer counters (sent, dropped)."""
         return f"{self.prefix}:stats"

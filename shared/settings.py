@@ -99,23 +99,64 @@ class ProducerSettings(BaseModel):
 class ConsoleSettings(BaseModel):
     """The operator console (web)."""
 
-    host: str = Field("127.0.0.1", description="bind address; anything else needs a token")
+    host: str = Field("127.0.0.1", description="bind address; anything off loopback needs a token")
     port: int = Field(8080, ge=1, le=65_535)
     token: SecretStr | None = Field(None, description="access token (required off loopback)")
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description="Host headers served without a token (guards against DNS rebinding)",
+    )
+    page_size: int = Field(100, ge=1, le=1_000, description="alerts loaded when the page opens")
+    status_interval_s: float = Field(
+        2.0, gt=0, le=60, description="how often the status strip updates"
+    )
+    operator_default: str = Field("operator", pattern=r"^[A-Za-z0-9_.@ -]{1,64}$")
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ConsoleSettings:
+        if self.host not in ("127.0.0.1", "localhost", "::1") and self.token is None:
+            raise ValueError(
+                f"binding {self.host} exposes the console beyond this machine: "
+                "set SCANGUARD_CONSOLE__TOKEN"
+            )
+        return self
 
 
 class DeliverySettings(BaseModel):
     """Downstream delivery: the dispatcher and its RQ sinks."""
 
-    group: str = "dispatch"
+    group: str = Field("dispatch", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    consumer: str | None = Field(None, description="consumer name; unset = host name and pid")
     streams: list[Literal["results", "alerts"]] = ["alerts"]
-    sinks: list[str] = Field(default_factory=list, description="sink names or dotted paths")
-    queue: str = "scanguard-delivery"
+    from_start: bool = Field(False, description="a new group also delivers the stored history")
+    sinks: list[str] = Field(default_factory=list, description="webhook, archive or dotted paths")
+    queue: str = Field("scanguard-delivery", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    batch: int = Field(100, ge=1, le=10_000, description="entries read per stream per pass")
+    block_ms: int = Field(2_000, ge=1, le=60_000, description="longest a read blocks when idle")
+    claim_idle_ms: int = Field(
+        60_000, ge=100, description="pending this long: another dispatcher takes it"
+    )
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_timeout_s: float = Field(5.0, gt=0)
     retries: int = Field(5, ge=0, le=100)
+    retry_base_s: int = Field(10, ge=1, description="first retry delay; doubles each time")
+    retry_max_s: int = Field(3_600, ge=1, description="cap of the retry delay")
+    job_timeout_s: int = Field(60, ge=1)
+    dedupe_ttl_s: int = Field(
+        7 * 86_400, ge=60, description="a finished job (and its id) is kept this long"
+    )
     archive_dir: Path = Path("archive")
+
+    @model_validator(mode="after")
+    def _webhook_complete(self) -> DeliverySettings:
+        if "webhook" in self.sinks and (self.webhook_url is None or self.webhook_secret is None):
+            raise ValueError("the webhook sink needs webhook_url and webhook_secret")
+        if self.webhook_url is not None and not self.webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("webhook_url must start with http:// or https://")
+        return self
 
 
 class Settings(BaseSettings):

@@ -316,6 +316,8 @@ class Worker:
             self.metrics.discarded.inc()
             self.log.warning("publish_discarded", frame_id=event.frame_id, entry_id=event.entry_id)
         else:
+            self.dead += 1
+            self.metrics.dead.labels("duplicate frame id").inc()
             self.log.warning("duplicate_frame", frame_id=event.frame_id, entry_id=event.entry_id)
 
     def _dead_letter(self, item: Rejected) -> None:

@@ -45,8 +45,22 @@ class Publisher:
     def decision(
         self, event: DecisionEvent, masked: bytes | None, heatmap: bytes | None
     ) -> PublishStatus:
-        """Publish `event` (and, for threats, the alert) and ack its frame, or do nothing."""
+        """Publish `event` (and, for threats, the alert) and ack its frame, or do nothing.
+
+        A frame whose id was decided before gets no second decision; it is recorded
+        on the dead-letter stream instead, with that reason.
+        """
         keys = self.keys
+        duplicate = DeadLetter(
+            event_id=event.event_id,
+            entry_id=event.entry_id,
+            frame_id=event.frame_id,
+            scanner_id=event.scanner_id,
+            reason=f"frame id {event.frame_id} was already decided; no second decision",
+            deliveries=0,
+            worker_id=event.worker_id,
+            failed_at=event.decided_at,
+        )
         status = self._publish(
             keys=[
                 keys.frames,
@@ -55,6 +69,7 @@ class Publisher:
                 keys.done(event.frame_id),
                 keys.artefact(event.event_id, "masked"),
                 keys.artefact(event.event_id, "heatmap"),
+                keys.dead,
             ],
             args=[
                 self.group,
@@ -67,6 +82,7 @@ class Publisher:
                 masked or b"",
                 heatmap or b"",
                 self.stream_maxlen,
+                duplicate.to_json(),
             ],
         )
         return PublishStatus(int(status))

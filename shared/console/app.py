@@ -1,0 +1,203 @@
+"""The console's web app: pages, the JSON API, artefacts, the event stream, verdicts.
+
+Read-only except `POST /api/verdicts`. Every Redis call goes through
+`shared.console.data`, which checks request values before they touch a key name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+import structlog
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from shared.console import data
+from shared.console.auth import TokenGate
+from shared.console.stream import alert_events
+from shared.keys import Keys, check_id
+from shared.settings import Settings
+
+log = structlog.get_logger("scanguard.console")
+STATIC = Path(__file__).resolve().parent / "static"
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+class Console:
+    """The app's shared state: one Redis client, the namespace, the rate meter."""
+
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+        self.settings = settings.console
+        self.client = client
+        self.keys = Keys(settings.namespace)
+        self.meter = data.RateMeter()
+
+
+def _console(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def _bad(message: str, status_code: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
+def _filters(request: Request) -> tuple[str | None, str | None]:
+    scanner = request.query_params.get("scanner") or None
+    label = request.query_params.get("label") or None
+    if scanner is not None:
+        check_id(scanner, "scanner")
+    if label is not None and not data.LABEL.match(label):
+        raise ValueError(f"class {label!r} may only hold letters, digits, space and _ . -")
+    return scanner, label
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers=NO_STORE)
+
+
+def list_alerts(request: Request) -> Response:
+    """GET /api/alerts?scanner=&label=&limit=&before=: alerts newest first."""
+    console = _console(request)
+    try:
+        scanner, label = _filters(request)
+        limit = int(request.query_params.get("limit", console.settings.page_size))
+        before = request.query_params.get("before") or None
+        if before is not None:
+            data.check_entry_id(before)
+    except ValueError as exc:
+        return _bad(str(exc))
+    limit = max(1, min(limit, 1_000))
+    alerts = data.recent_alerts(console.client, console.keys, limit, scanner, label, before)
+    return JSONResponse({"alerts": alerts}, headers=NO_STORE)
+
+
+def get_alert(request: Request) -> Response:
+    """GET /api/alerts/{entry_id}: one alert with its trace and verdict."""
+    console = _console(request)
+    try:
+        alert = data.one_alert(console.client, console.keys, request.path_params["entry_id"])
+    except ValueError as exc:
+        return _bad(str(exc))
+    if alert is None:
+        return _bad("no such alert", 404)
+    return JSONResponse(alert, headers=NO_STORE)
+
+
+def get_artefact(request: Request) -> Response:
+    """GET /api/artefacts/{event_id}/{kind}: the image stored under that artefact key."""
+    console = _console(request)
+    try:
+        image = data.artefact(
+            console.client,
+            console.keys,
+            request.path_params["event_id"],
+            request.path_params["kind"],
+        )
+    except ValueError as exc:
+        return _bad(str(exc), 404)
+    if image is None:
+        return _bad("artefact expired or unknown", 404)
+    media = "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
+    return Response(image, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+def get_status(request: Request) -> Response:
+    """GET /api/status: backlog, live workers, decisions per second, dead letters."""
+    console = _console(request)
+    return JSONResponse(data.status(console.client, console.keys, console.meter), headers=NO_STORE)
+
+
+async def post_verdict(request: Request) -> Response:
+    """POST /api/verdicts (JSON): append an operator's verdict to the verdicts stream."""
+    console = _console(request)
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        # Browsers cannot send JSON cross-site without a preflight, which we never grant.
+        return _bad("send application/json", 415)
+    try:
+        verdict = data.VerdictIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return _bad(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 422
+        )
+    entry = await run_in_threadpool(data.record_verdict, console.client, console.keys, verdict)
+    if entry is None:
+        return _bad("no such alert", 404)
+    log.info(
+        "verdict_recorded",
+        alert_id=verdict.event_id,
+        verdict=verdict.verdict,
+        operator=verdict.operator,
+    )
+    return JSONResponse({"verdict_entry_id": entry}, status_code=201)
+
+
+async def stream(request: Request) -> Response:
+    """GET /api/stream: server-sent events (alert, status) from Last-Event-ID, `after` or now."""
+    console = _console(request)
+    after = request.headers.get("last-event-id") or request.query_params.get("after") or "$"
+    if after != "$":
+        try:
+            data.check_entry_id(after)
+        except ValueError as exc:
+            return _bad(str(exc))
+    events = alert_events(
+        console.client, console.keys, console.meter, after, console.settings.status_interval_s
+    )
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def config(request: Request) -> Response:
+    """GET /api/config: what the page needs to know about this console."""
+    console = _console(request)
+    body: dict[str, Any] = {
+        "namespace": console.keys.namespace,
+        "operator": console.settings.operator_default,
+    }
+    return JSONResponse(body, headers=NO_STORE)
+
+
+def create_app(settings: Settings, client: redis.Redis) -> Starlette:
+    """The console app for one namespace, reading through `client`."""
+    cs = settings.console
+    middleware = []
+    if cs.token is not None:
+        middleware.append(Middleware(TokenGate, token=cs.token.get_secret_value()))
+    else:
+        # Without a token only loopback names are served, so a page elsewhere cannot
+        # rebind its own host name to 127.0.0.1 and read the console.
+        middleware.append(
+            Middleware(TrustedHostMiddleware, allowed_hosts=_host_names(cs.allowed_hosts))
+        )
+    routes = [
+        Route("/", index),
+        Route("/api/config", config),
+        Route("/api/alerts", list_alerts),
+        Route("/api/alerts/{entry_id}", get_alert),
+        Route("/api/artefacts/{event_id}/{kind}", get_artefact),
+        Route("/api/status", get_status),
+        Route("/api/stream", stream),
+        Route("/api/verdicts", post_verdict, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.console = Console(settings, client)
+    return app
+
+
+def _host_names(hosts: list[str]) -> list[str]:
+    # IPv6 literals arrive bracketed in the Host header.
+    return [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in hosts]

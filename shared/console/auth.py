@@ -1,0 +1,57 @@
+"""Access control: an optional token, and Host-header checks while there is none."""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qs
+
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+COOKIE = "scanguard_console"
+
+
+class TokenGate:
+    """Let a request through only with the token: bearer header, cookie, or `?token=` once.
+
+    A browser opens `/?token=…`; the gate answers with a cookie (HttpOnly,
+    SameSite=Strict) and a redirect that drops the token from the address bar.
+    Images and the event stream then carry the cookie; scripts use the header.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        from_query = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
+        if from_query and self._valid(from_query):
+            response: Response = RedirectResponse(scope["path"], status_code=303)
+            response.set_cookie(
+                COOKIE,
+                from_query,
+                httponly=True,
+                samesite="strict",
+                secure=scope["scheme"] == "https",
+            )
+            await response(scope, receive, send)
+            return
+        auth = headers.get("authorization", "")
+        bearer = auth[7:] if auth.lower().startswith("bearer ") else ""
+        cookie = Request(scope).cookies.get(COOKIE, "")
+        if not (self._valid(bearer) or self._valid(cookie)):
+            denied = PlainTextResponse(
+                "a valid token is required (open /?token=…)", status_code=401
+            )
+            await denied(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _valid(self, supplied: str) -> bool:
+        return bool(supplied) and hmac.compare_digest(supplied.encode(), self.token)

@@ -1,0 +1,70 @@
+"""Server-sent events: new alerts as they land on `{ns}:alerts`, and the status strip."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import redis
+import structlog
+from starlette.concurrency import run_in_threadpool
+
+from shared.client import EventError, parse_event
+from shared.console.data import RateMeter, newest_alert_id, status
+from shared.keys import Keys
+
+log = structlog.get_logger("scanguard.console")
+BLOCK_MS = 1_000  # one read's longest wait; also how soon a closed page frees its thread
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+def sse(event: str, data: Any, entry_id: str | None = None) -> str:
+    """One event in the text/event-stream format."""
+    head = f"id: {entry_id}\n" if entry_id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def alert_events(
+    client: redis.Redis, keys: Keys, meter: RateMeter, after: str, status_every_s: float
+) -> AsyncIterator[str]:
+    """Alerts after entry `after` ("$": from now on), with a status event every few seconds.
+
+    The entry id goes out as the SSE id, so a browser that reconnects sends it
+    back as Last-Event-ID and misses nothing in between.
+    """
+    last = after
+    next_status = 0.0
+    yield "retry: 2000\n\n"
+    while True:
+        try:
+            if last == "$":
+                last = await run_in_threadpool(newest_alert_id, client, keys)
+            if time.monotonic() >= next_status:
+                yield sse("status", await run_in_threadpool(status, client, keys, meter))
+                next_status = time.monotonic() + status_every_s
+            reply: Any = await run_in_threadpool(
+                client.xread, {keys.alerts: last}, count=50, block=BLOCK_MS
+            )
+        except _REDIS_DOWN as exc:
+            log.warning("redis_unavailable", error=str(exc))
+            yield sse("status", {"error": "redis unavailable"})
+            await anyio.sleep(2.0)
+            continue
+        if not reply:
+            yield ": keep-alive\n\n"
+            continue
+        for raw_id, fields in reply[0][1]:
+            last = raw_id.decode()
+            try:
+                event = parse_event(fields)
+            except EventError:
+                continue
+            payload = {
+                "entry_id": last,
+                "event": event.model_dump(mode="json", by_alias=True),
+                "verdict": None,
+            }
+            yield sse("alert", payload, entry_id=last)

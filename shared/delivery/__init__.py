@@ -1,0 +1,1 @@
+"""Downstream delivery: a dispatcher turns decision events into RQ jobs, one per sink."""

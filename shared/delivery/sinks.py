@@ -1,0 +1,198 @@
+"""Where events go: the sink protocol, the webhook and archive sinks, and sink lookup.
+
+A sink is built from the settings inside the RQ worker process, so secrets (the
+webhook key) never travel through Redis with the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from shared.client import EXTENSIONS
+from shared.schemas import ArtefactRef, DecisionEvent
+from shared.settings import Settings
+
+SIGNATURE_HEADER = "X-Scanguard-Signature"
+BUILTIN_SINKS = {
+    "webhook": "shared.delivery.sinks.webhook_from_settings",
+    "archive": "shared.delivery.sinks.archive_from_settings",
+}
+
+
+class SinkError(RuntimeError):
+    """A delivery attempt failed; the job raises it so RQ retries with back-off."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one sink."""
+
+    event: DecisionEvent
+    body: str  # the event JSON exactly as it sat on the stream
+    delivery_id: str  # the RQ job id: the same for every redelivery of this event to this sink
+    artefact: Callable[[ArtefactRef], bytes | None]  # None once the TTL has expired
+
+
+class Sink(Protocol):
+    """Anything that takes a delivery and returns a short summary (or raises to retry)."""
+
+    def deliver(self, delivery: Delivery) -> str: ...
+
+
+SinkFactory = Callable[[Settings], Sink]
+
+
+def resolve_sink(spec: str) -> SinkFactory:
+    """The factory named by `spec`: a built-in name or a dotted path `pkg.module.attr`.
+
+    The attribute is called with the settings and must return a sink.
+
+    Raises:
+        ValueError: the path cannot be imported or names nothing callable.
+    """
+    path = BUILTIN_SINKS.get(spec, spec)
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    if not module_name:
+        raise ValueError(f"sink {spec!r} is neither {sorted(BUILTIN_SINKS)} nor a dotted path")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"sink {spec!r}: cannot import {path}: {exc}") from None
+    if not callable(factory):
+        raise ValueError(f"sink {spec!r}: {path} is not callable")
+    return factory
+
+
+def build_sink(spec: str, settings: Settings) -> Sink:
+    """Resolve and build one sink from the settings."""
+    return resolve_sink(spec)(settings)
+
+
+# -- webhook ---------------------------------------------------------------------------
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The signature header value: `sha256=` and the hex HMAC-SHA256 of the body."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: bytes, body: bytes, header: str) -> bool:
+    """True if `header` is the signature of `body` under `secret` (constant-time compare)."""
+    return hmac.compare_digest(sign(secret, body), header)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A redirected POST would be replayed as a GET without the body; treat it as a failure.
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+class WebhookSink:
+    """POST the event JSON, signed with HMAC-SHA256 over the body with a shared secret."""
+
+    def __init__(self, url: str, secret: bytes, timeout_s: float = 5.0) -> None:
+        self.url = url
+        self.secret = secret
+        self.timeout_s = timeout_s
+        self._opener = urllib.request.build_opener(_NoRedirects)
+
+    def deliver(self, delivery: Delivery) -> str:
+        body = delivery.body.encode()
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": "scanguard-delivery",
+                SIGNATURE_HEADER: sign(self.secret, body),
+                "X-Scanguard-Event-Id": delivery.event.event_id,
+                "X-Scanguard-Delivery": delivery.delivery_id,
+            },
+        )
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                status = int(response.status)
+        except urllib.error.HTTPError as exc:
+            raise SinkError(f"webhook answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise SinkError(f"webhook unreachable: {exc}") from None
+        return f"HTTP {status}"
+
+
+def webhook_from_settings(settings: Settings) -> WebhookSink:
+    ds = settings.delivery
+    if ds.webhook_url is None or ds.webhook_secret is None:
+        raise ValueError(
+            "the webhook sink needs SCANGUARD_DELIVERY__WEBHOOK_URL and __WEBHOOK_SECRET"
+        )
+    return WebhookSink(
+        ds.webhook_url, ds.webhook_secret.get_secret_value().encode(), ds.webhook_timeout_s
+    )
+
+
+# -- archive ---------------------------------------------------------------------------
+
+
+class ArchiveSink:
+    """Event JSON and artefacts in `root/YYYY/MM/DD/{event_id}/`, written once per event.
+
+    The folder is assembled under a temporary name beside its final place and
+    renamed into it, so a reader (or a crash) never sees half an event, and a
+    second delivery of the same event finds the folder and leaves it alone.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, event: DecisionEvent) -> Path:
+        day = event.decided_at
+        return self.root / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / event.event_id
+
+    def deliver(self, delivery: Delivery) -> str:
+        final = self.folder(delivery.event)
+        if final.exists():
+            return f"already archived in {final}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        try:
+            missing = self._fill(staging, delivery)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not final.exists():
+                    raise
+                return f"already archived in {final}"  # a concurrent delivery won the rename
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        suffix = f" ({len(missing)} artefacts expired)" if missing else ""
+        return f"archived in {final}{suffix}"
+
+    def _fill(self, staging: Path, delivery: Delivery) -> list[str]:
+        missing: list[str] = []
+        for ref in delivery.event.artefacts:
+            data = delivery.artefact(ref)
+            if data is None:
+                missing.append(ref.kind)
+                continue
+            (staging / f"{ref.kind}{EXTENSIONS.get(ref.content_type, '.bin')}").write_bytes(data)
+        record = json.loads(delivery.body)
+        (staging / "event.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        return missing
+
+
+def archive_from_settings(settings: Settings) -> ArchiveSink:
+    return ArchiveSink(settings.delivery.archive_dir)
