@@ -54,6 +54,9 @@ class ModelSettings(BaseModel):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: Precision = "fp32"
     max_batch: int = Field(32, ge=1, le=4096)
+    cpu_threads: int = Field(
+        0, ge=0, le=256, description="torch threads for CPU inference; 0 = torch's default"
+    )
 
     @field_validator("device")
     @classmethod
@@ -77,7 +80,8 @@ class WorkerSettings(BaseModel):
     stream_maxlen: int = Field(
         1_000_000, ge=0, description="approximate cap of results/alerts/dead streams; 0 = none"
     )
-    dedupe_ttl_s: int = Field(7 * 86_400, ge=1)
+    dedupe_ttl_s: int = Field(86_400, ge=1, description="how long a decided frame id is remembered")
+    health_dir: Path = Field(Path("/tmp"), description="folder of the liveness file `worker check` reads")
     heartbeat_ttl_s: int = Field(15, ge=2)
     metrics_port: int = Field(9400, ge=0, le=65_535, description="0 disables the metrics server")
     decode_threads: int = Field(2, ge=1, le=64)

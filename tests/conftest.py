@@ -99,11 +99,12 @@ def spawn_worker(tiny_card: Path, tmp_path: Path) -> Iterator[Callable[..., subp
             "SCANGUARD_NAMESPACE": keys.namespace,
             "SCANGUARD_MODEL__CARD": str(tiny_card),
             "SCANGUARD_MODEL__MAX_BATCH": "4",
+            "SCANGUARD_MODEL__CPU_THREADS": "1",
             "SCANGUARD_WORKER__ID": worker_id,
             "SCANGUARD_WORKER__METRICS_PORT": "0",
             "SCANGUARD_WORKER__MAX_WAIT_MS": "100",
             "SCANGUARD_WORKER__RECONNECT_MAX_S": "0.5",
-            "SCANGUARD_HEALTH_DIR": str(tmp_path),
+            "SCANGUARD_WORKER__HEALTH_DIR": str(tmp_path),
             "SCANGUARD_LOG_FORMAT": "json",
             **env,
         }

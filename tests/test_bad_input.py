@@ -106,7 +106,7 @@ def test_worker_dead_letters_bad_frames_and_decides_the_rest(
     redis_server, keys: Keys, tiny_card, monkeypatch, tmp_path, reliability
 ):
     """Bad frames mixed into a stream go to {ns}:dead with reasons; every other frame is decided."""
-    for name, value in {**ERASING_ENV, "SCANGUARD_HEALTH_DIR": str(tmp_path)}.items():
+    for name, value in {**ERASING_ENV, "SCANGUARD_WORKER__HEALTH_DIR": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
     settings_ = load_settings(redis_url=redis_server.url, namespace=keys.namespace,
                               model={"card": tiny_card}, worker={"metrics_port": 0,
@@ -179,7 +179,7 @@ def test_decoder_never_raises(raw):
 @given(batch=st.lists(entry_strategy(), min_size=1, max_size=12))
 def test_every_hostile_entry_ends_decided_or_dead(batch, redis_server, tiny_card, monkeypatch, tmp_path):
     """Through a real worker, each arbitrary entry ends as one decision or one dead letter."""
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     keys = Keys(f"h{np.random.default_rng().integers(1 << 40):x}")
     settings_ = load_settings(redis_url=redis_server.url, namespace=keys.namespace,
                               model={"card": tiny_card}, worker={"metrics_port": 0})

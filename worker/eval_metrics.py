@@ -11,10 +11,13 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from worker.decision import DecisionPolicy, Verdict, decide_after_forward
+
+Labels = Sequence[int] | np.ndarray  # true class per frame
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,8 @@ def vanilla_at(probs: Sequence[float], threshold: float, threat_indices: tuple[i
     return Decision(Verdict.THREAT if hits else Verdict.CLEAR, hits, 0, 1)
 
 
-def score(labels: Sequence[int], decisions: Sequence[Decision], label_names: Sequence[str],
-          benign_index: int = 0) -> dict[str, object]:
+def score(labels: Labels, decisions: Sequence[Decision], label_names: Sequence[str],
+          benign_index: int = 0) -> dict[str, Any]:
     """Per-class recall, false-alarm rate, undetermined rates and cost of a set of decisions.
 
     A threat frame of class c counts as detected when the verdict is THREAT and c is among
@@ -68,7 +71,7 @@ def score(labels: Sequence[int], decisions: Sequence[Decision], label_names: Seq
         if cls == benign_index:
             continue
         rows = np.flatnonzero(labels_arr == cls)
-        hits = [threat[i] and cls in decisions[i].classes for i in rows]
+        hits = [threat[i] and cls in decisions[int(i)].classes for i in rows]
         recall[name] = float(np.mean(hits)) if len(rows) else float("nan")
     benign = labels_arr == benign_index
     threats = ~benign
@@ -85,7 +88,7 @@ def score(labels: Sequence[int], decisions: Sequence[Decision], label_names: Seq
     }
 
 
-def argmax_accuracy(labels: Sequence[int], traces: Sequence[Sequence[Sequence[float]]]) -> float:
+def argmax_accuracy(labels: Labels, traces: Sequence[Sequence[Sequence[float]]]) -> float:
     """Share of frames whose argmax on the original image is the true class."""
     return float(np.mean([int(np.argmax(t[0])) == y for y, t in zip(labels, traces, strict=True)]))
 
@@ -101,8 +104,8 @@ class SweepGrid:
                 for d, r, m in itertools.product(self.detect_th, self.reconsider_th, self.max_iter) if r < d]
 
 
-def sweep(labels: Sequence[int], traces: Sequence[Sequence[Sequence[float]]], policies: Sequence[DecisionPolicy],
-          label_names: Sequence[str], benign_index: int = 0) -> list[dict[str, object]]:
+def sweep(labels: Labels, traces: Sequence[Sequence[Sequence[float]]], policies: Sequence[DecisionPolicy],
+          label_names: Sequence[str], benign_index: int = 0) -> list[dict[str, Any]]:
     """Score every policy by replaying it over the traces."""
     threats = tuple(i for i in range(len(label_names)) if i != benign_index)
     rows = []
@@ -112,30 +115,30 @@ def sweep(labels: Sequence[int], traces: Sequence[Sequence[Sequence[float]]], po
     return rows
 
 
-def vanilla_curve(labels: Sequence[int], traces: Sequence[Sequence[Sequence[float]]], label_names: Sequence[str],
-                  thresholds: Sequence[float], benign_index: int = 0) -> list[dict[str, object]]:
+def vanilla_curve(labels: Labels, traces: Sequence[Sequence[Sequence[float]]], label_names: Sequence[str],
+                  thresholds: Sequence[float], benign_index: int = 0) -> list[dict[str, Any]]:
     """Plain one-forward classification at each detection threshold (the fair baseline curve)."""
     threats = tuple(i for i in range(len(label_names)) if i != benign_index)
     return [{"threshold": th, **score(labels, [vanilla_at(t[0], th, threats) for t in traces], label_names,
                                        benign_index)} for th in thresholds]
 
 
-def choose(rows: Sequence[dict[str, object]], far_limit: float) -> dict[str, object] | None:
+def choose(rows: Sequence[dict[str, Any]], far_limit: float) -> dict[str, Any] | None:
     """The row with the best mean recall whose false-alarm rate stays within `far_limit` (ties: fewer forwards)."""
-    allowed = [r for r in rows if float(r["false_alarm_rate"]) <= far_limit + 1e-12]  # type: ignore[arg-type]
+    allowed = [r for r in rows if float(r["false_alarm_rate"]) <= far_limit + 1e-12]
     if not allowed:
         return None
-    return max(allowed, key=lambda r: (round(float(r["mean_recall"]), 6), -float(r["mean_forwards"])))  # type: ignore[arg-type]
+    return max(allowed, key=lambda r: (round(float(r["mean_recall"]), 6), -float(r["mean_forwards"])))
 
 
-def policy_dict(policy: DecisionPolicy) -> dict[str, object]:
+def policy_dict(policy: DecisionPolicy) -> dict[str, Any]:
     return {"detect_th": policy.detect_th, "reconsider_th": policy.reconsider_th, "max_iter": policy.max_iter,
             "on_exhausted": policy.on_exhausted, "fill": policy.fill, "judge_original": policy.judge_original,
             "head_fusion": policy.head_fusion}
 
 
-def calibration_by_step(labels: Sequence[int], traces: Sequence[Sequence[Sequence[float]]], steps: int,
-                        label_names: Sequence[str], benign_index: int = 0) -> list[dict[str, object]]:
+def calibration_by_step(labels: Labels, traces: Sequence[Sequence[Sequence[float]]], steps: int,
+                        label_names: Sequence[str], benign_index: int = 0) -> list[dict[str, Any]]:
     """Per erasing step: how benign frames are called (argmax) and the true class's mean probability.
 
     Frames whose trace stopped before a step are left out of that step.
@@ -150,7 +153,7 @@ def calibration_by_step(labels: Sequence[int], traces: Sequence[Sequence[Sequenc
             break
         called = probs.argmax(axis=1)
         benign = ys == benign_index
-        entry: dict[str, object] = {"step": k, "frames": len(rows)}
+        entry: dict[str, Any] = {"step": k, "frames": len(rows)}
         for cls, name in enumerate(label_names):
             entry[f"benign_called_{name}"] = float((called[benign] == cls).mean()) if benign.any() else float("nan")
         entry["benign_mean_threat_p"] = float(1 - probs[benign, benign_index].mean()) if benign.any() else float("nan")

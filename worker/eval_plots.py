@@ -32,7 +32,7 @@ def _panel(img: np.ndarray, box: tuple[int, int, int, int], title: str, sweep_ro
     def to_px(far: float, recall: float) -> tuple[int, int]:
         px = left + (right - left) * min(far / far_max, 1.0)
         py = bottom - (bottom - top) * recall
-        return int(round(px)), int(round(py))
+        return round(px), round(py)
 
     for k in range(6):
         rec = k / 5

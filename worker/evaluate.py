@@ -135,7 +135,8 @@ def evaluate_domain(model: LoadedModel, frames: FrameSet, chosen: DecisionPolicy
     replayed = [replay(t, chosen, model.threat_indices, model.benign_index) for t in traces]
     agree = float(np.mean([(d.verdict, d.classes) == (r.verdict, r.classes) for d, r in zip(replayed, erasing, strict=True)]))
     grid = SweepGrid(tuple(args.detect_th), tuple(args.reconsider_th), tuple(args.max_iters))
-    seed_policy = DecisionPolicy(on_exhausted=args.on_exhausted, fill=chosen.fill)
+    # The seed's thresholds, capped at the traced length so it can be replayed.
+    seed_policy = DecisionPolicy(max_iter=min(5, max(args.max_iters)), on_exhausted=args.on_exhausted, fill=chosen.fill)
     tuned = selection["vanilla_tuned"]
     tuned_th = tuned["threshold"] if tuned else 0.5
     result = {

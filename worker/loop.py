@@ -31,21 +31,13 @@ from worker.decision import DecisionPolicy
 from worker.engine import EngineInput, ErasingEngine
 from worker.events import InFlight, Rendered, render
 from worker.intake import IntakeLimits, Rejected, decode_entry
+from worker.health import default_worker_id, health_file
 from worker.metrics import WorkerMetrics
 from worker.model import LoadedModel
 from worker.publish import Publisher, PublishStatus
 
 log = structlog.get_logger("scanguard.worker")
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def health_file(worker_id: str) -> Path:
-    """Local liveness file; `worker --check` reads its age, so the probe needs no Redis."""
-    return Path(os.environ.get("SCANGUARD_HEALTH_DIR", "/tmp")) / f"scanguard-worker-{worker_id}.alive"
 
 
 class Worker:
@@ -78,7 +70,7 @@ class Worker:
             dedupe_ttl_s=ws.dedupe_ttl_s,
             stream_maxlen=ws.stream_maxlen,
         )
-        self.health_path = health_file(self.id)
+        self.health_path = health_file(ws.health_dir, self.id)
         self._limits = IntakeLimits(ws.max_frame_bytes, ws.max_pixels, model.input_hw)
         self.decided = 0
         self.dead = 0
@@ -209,11 +201,15 @@ class Worker:
     def _slots_to_fill(self) -> int:
         return self.engine.free_slots - len(self._decoding)
 
-    def _read(self) -> int:
-        """Read new entries into free slots; block only when there is nothing else to do."""
+    def _read(self) -> int | None:
+        """Read new entries into free slots; block only when there is nothing else to do.
+
+        Returns how many entries came, or None when there was no room to read (so a
+        burst run never mistakes a full engine for an empty stream).
+        """
         count = self._slots_to_fill()
         if self._stop.is_set() or count <= 0:
-            return 0
+            return None
         idle = self._in_flight() == 0
         try:
             reply = self.client.xreadgroup(
@@ -228,7 +224,7 @@ class Worker:
                 raise
             self.log.warning("group_missing", stream=self.keys.frames)
             self.ensure_group()
-            return 0
+            return None
         entries = reply[0][1] if reply else []
         for raw_id, raw in entries:
             entry_id = raw_id.decode()

@@ -17,6 +17,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import timm
@@ -58,14 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--alt-fill", type=float, default=0.0, help="a second fill some erased samples get")
     parser.add_argument("--alt-fill-prob", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="continue from this .safetensors checkpoint (its card.json, if beside it, is recorded)")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/scanguard-cache"),
                         help="where generated frame sets are kept between runs")
     return parser.parse_args(argv)
 
 
-def build_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, object]]:
+def build_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
     """The timm ViT and the kwargs that rebuild it (the card's timm_kwargs)."""
-    kwargs: dict[str, object] = {
+    kwargs: dict[str, Any] = {
         "img_size": list(args.input_size),
         "patch_size": args.patch,
         "embed_dim": args.embed_dim,
@@ -88,7 +91,8 @@ class Trainer:
         cfg = resolve_data_config({}, model=model)
         self.mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-        self.grid_hw = tuple(int(g) for g in model.patch_embed.grid_size)  # type: ignore[union-attr]
+        grid: Any = model.patch_embed.grid_size  # type: ignore[union-attr]
+        self.grid_hw = (int(grid[0]), int(grid[1]))
         self.gen = torch.Generator().manual_seed(args.seed)
         self.order_rng = np.random.default_rng(args.seed)
         decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
@@ -178,7 +182,19 @@ class Trainer:
                 "benign_mean_threat_p": float(torch.cat(benign_threat_p).mean())}
 
 
-def write_outputs(args: argparse.Namespace, model: nn.Module, kwargs: dict[str, object], training: dict[str, object]) -> Path:
+def load_initial(model: nn.Module, checkpoint: Path) -> dict[str, Any]:
+    """Load a checkpoint to continue from; return what the card records about it."""
+    from safetensors.torch import load_file
+
+    record: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint)}
+    model.load_state_dict(load_file(str(checkpoint)), strict=True)
+    card = checkpoint.parent / "card.json"
+    if card.is_file():
+        record["training"] = json.loads(card.read_text()).get("training", {})
+    return record
+
+
+def write_outputs(args: argparse.Namespace, model: nn.Module, kwargs: dict[str, Any], training: dict[str, Any]) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "model.safetensors"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -215,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     val = cached_set(args.cache_dir, "source", args.val_seed, args.val_per_class, input_hw)
     print(f"data ready: {len(train)} training, {len(val)} validation frames, {time.monotonic() - started:.0f}s", flush=True)
     model, kwargs = build_model(args)
+    previous = load_initial(model, args.init_from) if args.init_from is not None else None
     trainer = Trainer(args, model, train)
     history = []
     for epoch in range(1, args.epochs + 1):
@@ -224,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         history.append({"epoch": epoch, **scores})
         print(f"validation epoch {epoch}: {json.dumps(scores)}", flush=True)
     wall = time.monotonic() - started
-    training = {
+    training: dict[str, Any] = {
         "command": "python -m worker.train " + shlex.join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
         "data": {"generator": "producer.synthetic.SyntheticScanner", "domain": "source",
@@ -240,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": round(wall, 1),
         "validation": history,
     }
+    if previous is not None:
+        training["init_from"] = previous
+        training["total_wall_time_s"] = round(wall + float(previous.get("training", {}).get("wall_time_s", 0.0)), 1)
     card_path = write_outputs(args, model, kwargs, training)
     print(f"wrote {card_path} after {wall:.0f}s", flush=True)
     return 0

@@ -85,7 +85,7 @@ def spare_points(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
     Threat images keep a random pixel of the threat; benign images keep a pixel drawn
     with weight on dense (dark) matter, which is what a model's attention tends to seize.
     """
-    batch, _, rows, cols = images.shape
+    cols = images.shape[-1]
     darkness = (1.0 - images.mean(dim=1)).clamp_min(0).flatten(1) ** 2 + 1e-6  # (B, H·W)
     weights = torch.where(labels[:, None] > 0, masks.flatten(1).float() + 1e-9, darkness)
     flat = torch.multinomial(weights, 1, generator=gen)[:, 0]  # (B,)

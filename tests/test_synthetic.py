@@ -1,0 +1,107 @@
+"""The synthetic scanner: determinism, ground truth and domains."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from producer.synthetic import LABELS, SyntheticFrame, SyntheticScanner
+
+SMALL = (192, 144)
+
+
+def test_same_seed_and_index_give_identical_frames() -> None:
+    """A frame depends only on domain, seed and index, not on call order."""
+    first = SyntheticScanner("target", seed=5, size=SMALL)
+    second = SyntheticScanner("target", seed=5, size=SMALL)
+    later = second.frame(4)
+    earlier = first.frame(4)
+    assert np.array_equal(earlier.image, later.image)
+    assert np.array_equal(earlier.mask, later.mask)
+    assert earlier.box == later.box and earlier.kind == later.kind
+
+
+def test_different_seeds_and_domains_differ() -> None:
+    """Changing the seed or the domain changes the pixels."""
+    base = SyntheticScanner("source", seed=1, size=SMALL).frame(2).image
+    assert not np.array_equal(base, SyntheticScanner("source", seed=2, size=SMALL).frame(2).image)
+    assert not np.array_equal(base, SyntheticScanner("target", seed=1, size=SMALL).frame(2).image)
+
+
+def test_frame_shape_dtype_and_default_labels_cycle() -> None:
+    """Frames are (H, W, 3) uint8 RGB at the asked size, labelled index % 3."""
+    scanner = SyntheticScanner("source", seed=0, size=SMALL)
+    frames = list(scanner.frames(0, 6))
+    assert [f.label for f in frames] == [0, 1, 2, 0, 1, 2]
+    for frame in frames:
+        assert isinstance(frame, SyntheticFrame)
+        assert frame.image.shape == (144, 192, 3) and frame.image.dtype == np.uint8
+        assert frame.mask.shape == (144, 192) and frame.mask.dtype == bool
+        assert frame.domain == "source" and frame.label_name == LABELS[frame.label]
+
+
+@pytest.mark.parametrize("domain", ["source", "target"])
+def test_ground_truth_box_bounds_the_threat_mask(domain: str) -> None:
+    """Threat frames carry a box that is exactly the mask's bounding box; benign frames none."""
+    scanner = SyntheticScanner(domain, seed=3, size=SMALL)
+    for index in range(9):
+        frame = scanner.frame(index)
+        if frame.label == 0:
+            assert frame.box is None and frame.kind is None and not frame.mask.any()
+            continue
+        rows, cols = np.nonzero(frame.mask)
+        assert frame.box == (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
+        assert frame.kind is not None
+
+
+def test_threat_pixels_are_darker_than_the_empty_belt() -> None:
+    """The threat attenuates: its pixels are darker on average than the frame's light background."""
+    frame = SyntheticScanner("source", seed=9, size=SMALL).frame(1)
+    grey = frame.image.astype(np.float32).mean(axis=-1)
+    assert grey[frame.mask].mean() < np.percentile(grey, 95) - 40
+
+
+def test_target_threats_are_smaller_and_bags_denser_than_source() -> None:
+    """The target domain shows smaller threats inside more cluttered (darker) bags."""
+    def stats(domain: str) -> tuple[float, float]:
+        frames = [SyntheticScanner(domain, seed=4, size=SMALL).frame(i) for i in range(1, 13)]
+        area = np.mean([f.mask.mean() for f in frames if f.label != 0])
+        darkness = np.mean([255 - f.image.mean() for f in frames])
+        return float(area), float(darkness)
+
+    source_area, source_dark = stats("source")
+    target_area, target_dark = stats("target")
+    assert target_area < source_area
+    assert target_dark > source_dark
+
+
+def test_label_override_and_bad_arguments() -> None:
+    """A label can be forced per frame; unknown domains, labels and indices are refused."""
+    scanner = SyntheticScanner("source", seed=0, size=SMALL)
+    assert scanner.frame(0, label=2).label == 2
+    with pytest.raises(ValueError, match="domain"):
+        SyntheticScanner("web")
+    with pytest.raises(ValueError, match="label"):
+        scanner.frame(0, label=3)
+    with pytest.raises(ValueError, match="index"):
+        scanner.frame(-1)
+
+
+def test_iterator_starts_at_frame_zero() -> None:
+    """Iterating a scanner yields frame 0, 1, 2, ... in order."""
+    scanner = SyntheticScanner("target", seed=2, size=SMALL)
+    stream = iter(scanner)
+    for index in range(3):
+        assert np.array_equal(next(stream).image, scanner.frame(index).image)
+
+
+def test_producer_generator_does_not_import_torch() -> None:
+    """The generator modules stay free of torch, like the rest of the producer."""
+    for path in (Path(__file__).resolve().parent.parent / "producer").glob("synthetic*.py"):
+        tree = ast.parse(path.read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not any(name.split(".")[0] == "torch" for name in names), path
