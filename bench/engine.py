@@ -76,7 +76,9 @@ def timed_engine(engine: ErasingEngine, frames: list[EngineInput]) -> tuple[floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="vit_tiny_patch16_224")
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--reference-frames", type=int, default=None, help="default: all frames")
@@ -113,17 +115,23 @@ def main(argv: list[str] | None = None) -> None:
         == (refs[i].verdict, refs[i].classes, refs[i].iterations)
         for i in range(n_ref)
     )
-    verdicts = {v: sum(r.verdict.value == v for r in results) for v in ("clear", "threat", "undetermined")}
+    verdicts = {
+        v: sum(r.verdict.value == v for r in results) for v in ("clear", "threat", "undetermined")
+    }
     iters = np.array([r.iterations for r in results])
 
     speedup = engine_fps / ref_fps
     efficiency = engine_fps * engine_fwd / plain_rate
-    print(f"model={args.model} device={device} precision={args.precision} batch={args.batch} "
-          f"frames={len(frames)} reference_frames={n_ref} threads={torch.get_num_threads()}")
+    print(
+        f"model={args.model} device={device} precision={args.precision} batch={args.batch} "
+        f"frames={len(frames)} reference_frames={n_ref} threads={torch.get_num_threads()}"
+    )
     if device.type == "cuda":
         print(f"card={torch.cuda.get_device_name(device)}")
-    print(f"policy detect_th={policy.detect_th:.4g} reconsider_th={policy.reconsider_th:.4g} "
-          f"max_iter={policy.max_iter}")
+    print(
+        f"policy detect_th={policy.detect_th:.4g} reconsider_th={policy.reconsider_th:.4g} "
+        f"max_iter={policy.max_iter}"
+    )
     print(f"decisions={verdicts} iterations mean={iters.mean():.2f} max={iters.max()}")
     print(f"{'':<22}{'frames/s':>10}{'fwd/frame':>11}")
     print(f"{'reference (seed)':<22}{ref_fps:>10.2f}{ref_fwd:>11.2f}")

@@ -49,7 +49,9 @@ def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
     from worker.decision import DecisionPolicy
 
     policy = DecisionPolicy.from_settings(settings.erasing, model.fill)
-    engine = ErasingEngine(model, policy, max_batch=settings.model.max_batch, precision=settings.model.precision)
+    engine = ErasingEngine(
+        model, policy, max_batch=settings.model.max_batch, precision=settings.model.precision
+    )
     pixels = [to_model_input(decode_image(d, "image/jpeg", 10**8), model.input_hw) for d in jpegs]
     frames = [EngineInput(i, p) for i, p in enumerate(pixels)]
     engine.run(frames[: settings.model.max_batch])  # warm-up
@@ -60,11 +62,15 @@ def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
     return len(frames) / elapsed
 
 
-def pipeline_run(settings: Settings, url: str, jpegs: list[bytes], fps: float | None) -> tuple[float, list[dict]]:
+def pipeline_run(
+    settings: Settings, url: str, jpegs: list[bytes], fps: float | None
+) -> tuple[float, list[dict]]:
     """Producer thread + worker (burst) on a fresh namespace; frames/s and the decision events."""
     keys = Keys(settings.namespace)
     client = connect(url)
-    worker = Worker(settings, client, load_model(settings.model.card, resolve_device(settings.model.device)))
+    worker = Worker(
+        settings, client, load_model(settings.model.card, resolve_device(settings.model.device))
+    )
     worker.ensure_group()
     producer = Producer(connect(url), keys, fps=fps, max_backlog=len(jpegs) + 1)
     thread = threading.Thread(target=producer.run, args=(as_source(jpegs),), daemon=True)
@@ -80,10 +86,14 @@ def pipeline_run(settings: Settings, url: str, jpegs: list[bytes], fps: float | 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--latency-frames", type=int, default=200)
-    parser.add_argument("--load", type=float, default=0.5, help="steady rate as a share of capacity")
+    parser.add_argument(
+        "--load", type=float, default=0.5, help="steady rate as a share of capacity"
+    )
     parser.add_argument("--card", default=None, help="model card (default: the settings' model)")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--seed", type=int, default=7)
@@ -109,13 +119,17 @@ def main(argv: list[str] | None = None) -> None:
 
     latency = np.array([e["latency_ms"] for e in events])
     forwards = np.mean([e["forward_passes"] for e in events])
-    print(f"model={base.model.card} device={base.model.device} max_batch={base.model.max_batch} frames={len(jpegs)}")
+    print(
+        f"model={base.model.card} device={base.model.device} max_batch={base.model.max_batch} frames={len(jpegs)}"
+    )
     print(f"{'':<28}{'frames/s':>10}")
     print(f"{'engine alone':<28}{engine_fps:>10.2f}")
     print(f"{'pipeline (producer→worker)':<28}{pipe_fps:>10.2f}")
     print(f"forward passes per frame (steady run): {forwards:.2f}")
-    print(f"steady rate {rate:.1f} fps ({args.load:.0%} of capacity), {len(events)} frames: "
-          f"latency p50={np.percentile(latency, 50):.0f} ms p99={np.percentile(latency, 99):.0f} ms")
+    print(
+        f"steady rate {rate:.1f} fps ({args.load:.0%} of capacity), {len(events)} frames: "
+        f"latency p50={np.percentile(latency, 50):.0f} ms p99={np.percentile(latency, 99):.0f} ms"
+    )
     print(f"pipeline_vs_engine={pipe_fps / engine_fps:.3f}")
 
 

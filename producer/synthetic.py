@@ -46,10 +46,22 @@ class DomainSpec:
 
 
 DOMAIN_SPECS = {
-    "source": DomainSpec(clutter=(1, 4), threat_length=(0.34, 0.5), occluders=(0, 0),
-                         clutter_scale=0.9, noise=0.02, blur=0.6),
-    "target": DomainSpec(clutter=(7, 13), threat_length=(0.2, 0.32), occluders=(1, 2),
-                         clutter_scale=1.0, noise=0.045, blur=0.9),
+    "source": DomainSpec(
+        clutter=(1, 4),
+        threat_length=(0.34, 0.5),
+        occluders=(0, 0),
+        clutter_scale=0.9,
+        noise=0.02,
+        blur=0.6,
+    ),
+    "target": DomainSpec(
+        clutter=(7, 13),
+        threat_length=(0.2, 0.32),
+        occluders=(1, 2),
+        clutter_scale=1.0,
+        noise=0.045,
+        blur=0.9,
+    ),
 }
 
 
@@ -59,7 +71,9 @@ class SyntheticFrame:
 
     image: np.ndarray  # (H, W, 3) uint8, RGB
     label: int  # 0 benign, 1 gun, 2 knife
-    box: tuple[int, int, int, int] | None  # threat footprint (x0, y0, x1, y1), end-exclusive; None if benign
+    box: (
+        tuple[int, int, int, int] | None
+    )  # threat footprint (x0, y0, x1, y1), end-exclusive; None if benign
     mask: np.ndarray  # (H, W) bool: pixels the threat attenuates (all False if benign)
     domain: str
     index: int
@@ -79,7 +93,9 @@ class SyntheticScanner:
         size: (width, height) of every frame in pixels.
     """
 
-    def __init__(self, domain: str = "source", seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE) -> None:
+    def __init__(
+        self, domain: str = "source", seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE
+    ) -> None:
         if domain not in DOMAIN_SPECS:
             raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
         width, height = size
@@ -114,8 +130,14 @@ class SyntheticScanner:
             yield self.frame(index)
 
 
-def _compose(rng: np.random.Generator, spec: DomainSpec, size: tuple[int, int], label: int,
-             domain: str, index: int) -> SyntheticFrame:
+def _compose(
+    rng: np.random.Generator,
+    spec: DomainSpec,
+    size: tuple[int, int],
+    label: int,
+    domain: str,
+    index: int,
+) -> SyntheticFrame:
     width, height = size
     canvas = Canvas(height, width)
     bag = _bag_box(rng, width, height)
@@ -132,7 +154,9 @@ def _compose(rng: np.random.Generator, spec: DomainSpec, size: tuple[int, int], 
         parts = builders[kind](rng)
         length = rng.uniform(*spec.threat_length) * bag_w * LENGTH_FACTOR.get(kind, 1.0)
         centre = _threat_centre(rng, bag, length)
-        canvas.stamp_all(parts, centre, rng.uniform(0, 2 * np.pi), length, bool(rng.random() < 0.5), footprint)
+        canvas.stamp_all(
+            parts, centre, rng.uniform(0, 2 * np.pi), length, bool(rng.random() < 0.5), footprint
+        )
         over = (centre, 0.6 * length)
     else:
         # Benign bags get the same extra items near one spot, so that item count and
@@ -145,11 +169,14 @@ def _compose(rng: np.random.Generator, spec: DomainSpec, size: tuple[int, int], 
     box = _box_of(footprint) if label != 0 else None
     if label != 0 and box is None:
         raise AssertionError("threat drawn outside the frame")  # the centre is kept inside the bag
-    return SyntheticFrame(image=image, label=label, box=box, mask=footprint, domain=domain,
-                          index=index, kind=kind)
+    return SyntheticFrame(
+        image=image, label=label, box=box, mask=footprint, domain=domain, index=index, kind=kind
+    )
 
 
-def _bag_box(rng: np.random.Generator, width: int, height: int) -> tuple[float, float, float, float]:
+def _bag_box(
+    rng: np.random.Generator, width: int, height: int
+) -> tuple[float, float, float, float]:
     bw = width * rng.uniform(0.78, 0.94)
     bh = height * rng.uniform(0.72, 0.92)
     x0 = rng.uniform(0.02 * width, width - bw - 0.02 * width)
@@ -157,8 +184,9 @@ def _bag_box(rng: np.random.Generator, width: int, height: int) -> tuple[float, 
     return (x0, y0, x0 + bw, y0 + bh)
 
 
-def _threat_centre(rng: np.random.Generator, bag: tuple[float, float, float, float],
-                   length: float) -> tuple[float, float]:
+def _threat_centre(
+    rng: np.random.Generator, bag: tuple[float, float, float, float], length: float
+) -> tuple[float, float]:
     """A point where an object of `length` fits inside the bag whatever its rotation."""
     x0, y0, x1, y1 = bag
     margin_x = min(0.5 * length, 0.45 * (x1 - x0))
@@ -166,8 +194,13 @@ def _threat_centre(rng: np.random.Generator, bag: tuple[float, float, float, flo
     return (rng.uniform(x0 + margin_x, x1 - margin_x), rng.uniform(y0 + margin_y, y1 - margin_y))
 
 
-def _place_clutter(canvas: Canvas, rng: np.random.Generator, bag: tuple[float, float, float, float],
-                   bag_w: float, near: tuple[tuple[float, float], float] | None) -> None:
+def _place_clutter(
+    canvas: Canvas,
+    rng: np.random.Generator,
+    bag: tuple[float, float, float, float],
+    bag_w: float,
+    near: tuple[tuple[float, float], float] | None,
+) -> None:
     name = _CLUTTER_NAMES[int(rng.choice(len(_CLUTTER_NAMES), p=CLUTTER_WEIGHTS))]
     parts, rel_len = CLUTTER[name](rng)
     length = rel_len * bag_w

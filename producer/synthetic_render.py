@@ -32,7 +32,9 @@ def _colour_table() -> np.ndarray:
     # Absorption weights per channel at the three anchor materials: a medium stack of
     # organic matter keeps red and loses blue (orange), inorganic loses red and blue
     # (green), metal loses red and green (blue).
-    anchors = np.array([MATERIAL_RATIO["organic"], MATERIAL_RATIO["inorganic"], MATERIAL_RATIO["metal"]])
+    anchors = np.array(
+        [MATERIAL_RATIO["organic"], MATERIAL_RATIO["inorganic"], MATERIAL_RATIO["metal"]]
+    )
     weights = np.array([[0.05, 0.62, 1.70], [1.50, 0.36, 1.50], [1.90, 1.20, 0.15]])
     ratios = np.linspace(*_RATIO_RANGE, _RATIO_LEVELS)
     per_channel = np.stack([np.interp(ratios, anchors, weights[:, c]) for c in range(3)], axis=-1)
@@ -58,8 +60,13 @@ class Part:
     rounded: bool = False  # cylinder-like profile instead of a flat slab
 
 
-def transform(points: np.ndarray, centre: tuple[float, float], angle: float, scale: float,
-              mirror: bool = False) -> np.ndarray:
+def transform(
+    points: np.ndarray,
+    centre: tuple[float, float],
+    angle: float,
+    scale: float,
+    mirror: bool = False,
+) -> np.ndarray:
     """Object-frame points → image coordinates (x right, y down)."""
     pts = np.asarray(points, dtype=np.float64)
     if mirror:
@@ -130,14 +137,22 @@ class Canvas:
         if footprint is not None:
             footprint[y0:y1, x0:x1] |= roi > 127
 
-    def stamp_all(self, parts: Sequence[Part], centre: tuple[float, float], angle: float,
-                  scale: float, mirror: bool = False, footprint: np.ndarray | None = None) -> None:
+    def stamp_all(
+        self,
+        parts: Sequence[Part],
+        centre: tuple[float, float],
+        angle: float,
+        scale: float,
+        mirror: bool = False,
+        footprint: np.ndarray | None = None,
+    ) -> None:
         for part in parts:
             self.stamp(part, centre, angle, scale, mirror, footprint)
 
     def render(self, rng: np.random.Generator, noise: float, blur: float) -> np.ndarray:
         """False-colour RGB uint8 image of the integrals, with detector blur and noise."""
-        high, low = self.high, self.low
+        high: np.ndarray = self.high
+        low: np.ndarray = self.low
         if blur > 0:
             high = cv2.GaussianBlur(high, (0, 0), blur)
             low = cv2.GaussianBlur(low, (0, 0), blur)
@@ -156,8 +171,15 @@ def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
 
 
-def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24, start: float = 0.0,
-            stop: float = 2 * np.pi) -> np.ndarray:
+def ellipse(
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    n: int = 24,
+    start: float = 0.0,
+    stop: float = 2 * np.pi,
+) -> np.ndarray:
     t = np.linspace(start, stop, n, endpoint=stop - start < 2 * np.pi - 1e-9)
     return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=-1)
 
@@ -165,13 +187,19 @@ def ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24, start: floa
 def rounded_rect(x0: float, y0: float, x1: float, y1: float, r: float, n: int = 5) -> np.ndarray:
     """Rectangle with circular corners of radius r (clipped to half the shorter side)."""
     r = min(r, (x1 - x0) / 2, (y1 - y0) / 2)
-    corners = [(x1 - r, y0 + r, -np.pi / 2), (x1 - r, y1 - r, 0.0), (x0 + r, y1 - r, np.pi / 2),
-               (x0 + r, y0 + r, np.pi)]
+    corners = [
+        (x1 - r, y0 + r, -np.pi / 2),
+        (x1 - r, y1 - r, 0.0),
+        (x0 + r, y1 - r, np.pi / 2),
+        (x0 + r, y0 + r, np.pi),
+    ]
     pts = [ellipse(cx, cy, r, r, n, a, a + np.pi / 2) for cx, cy, a in corners]
     return np.concatenate(pts)
 
 
-def blob(rng: np.random.Generator, rx: float, ry: float, roughness: float = 0.25, n: int = 28) -> np.ndarray:
+def blob(
+    rng: np.random.Generator, rx: float, ry: float, roughness: float = 0.25, n: int = 28
+) -> np.ndarray:
     """A smooth random closed outline around the origin (clothing, pouches, shoes)."""
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     radius = np.ones(n)

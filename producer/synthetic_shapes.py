@@ -16,12 +16,15 @@ from producer.synthetic_render import Part, ellipse, rect, rounded_rect
 Builder = Callable[[np.random.Generator], list[Part]]
 
 
-def _ring(cx: float, cy: float, rx: float, ry: float, start: float = 0.0, stop: float = np.pi) -> np.ndarray:
+def _ring(
+    cx: float, cy: float, rx: float, ry: float, start: float = 0.0, stop: float = np.pi
+) -> np.ndarray:
     return ellipse(cx, cy, rx, ry, 16, start, stop)
 
 
-def _grip(rng: np.random.Generator, x_top: float, y_top: float, width: float, length: float,
-          rake: float) -> np.ndarray:
+def _grip(
+    rng: np.random.Generator, x_top: float, y_top: float, width: float, length: float, rake: float
+) -> np.ndarray:
     """A grip hanging below (y positive) the frame, raked back by `rake` radians."""
     down = np.array([-np.sin(rake), np.cos(rake)])
     across = np.array([np.cos(rake), np.sin(rake)])
@@ -46,7 +49,9 @@ def pistol(rng: np.random.Generator) -> list[Part]:
     mag = _grip(rng, -0.44, 0.04, grip_w * 0.55, grip_len * 0.95, rake)
     guard = _ring(-0.12, 0.04, 0.11, rng.uniform(0.08, 0.11))
     trigger = np.array([[-0.16, 0.03], [-0.17, 0.1]])
-    frame_mat, frame_amt = ("metal", rng.uniform(1.4, 2.2)) if steel else ("organic", rng.uniform(0.9, 1.5))
+    frame_mat, frame_amt = (
+        ("metal", rng.uniform(1.4, 2.2)) if steel else ("organic", rng.uniform(0.9, 1.5))
+    )
     return [
         Part((slide,), material="metal", amount=rng.uniform(2.0, 3.0)),
         Part((barrel,), material="metal", amount=rng.uniform(0.8, 1.4)),
@@ -68,10 +73,15 @@ def revolver(rng: np.random.Generator) -> list[Part]:
     frame = np.array([[x_cyl - 0.12, -0.12], [x_cyl, -0.12], [x_cyl, 0.06], [x_cyl - 0.08, 0.08]])
     hammer = np.array([[x_cyl - 0.12, -0.12], [x_cyl - 0.2, -0.16], [x_cyl - 0.1, -0.1]])
     grip_len = rng.uniform(0.3, 0.42)
-    grip = np.array([
-        [x_cyl - 0.14, 0.0], [x_cyl - 0.04, 0.06], [x_cyl - 0.12, 0.06 + grip_len],
-        [x_cyl - 0.24, 0.04 + grip_len], [x_cyl - 0.26, 0.02 + grip_len * 0.6],
-    ])
+    grip = np.array(
+        [
+            [x_cyl - 0.14, 0.0],
+            [x_cyl - 0.04, 0.06],
+            [x_cyl - 0.12, 0.06 + grip_len],
+            [x_cyl - 0.24, 0.04 + grip_len],
+            [x_cyl - 0.26, 0.02 + grip_len * 0.6],
+        ]
+    )
     guard = _ring(x_cyl + 0.02, 0.05, 0.09, 0.1)
     return [
         Part((barrel, rib), material="metal", amount=rng.uniform(1.6, 2.4)),
@@ -86,7 +96,9 @@ def compact(rng: np.random.Generator) -> list[Part]:
     """Compact or subcompact pistol: short slide, stubby grip, all steel."""
     slide_h = rng.uniform(0.15, 0.2)
     slide = rounded_rect(-0.5, -slide_h, 0.5, 0.0, 0.02)
-    grip = _grip(rng, -0.45, 0.0, rng.uniform(0.26, 0.32), rng.uniform(0.45, 0.6), rng.uniform(0.1, 0.3))
+    grip = _grip(
+        rng, -0.45, 0.0, rng.uniform(0.26, 0.32), rng.uniform(0.45, 0.6), rng.uniform(0.1, 0.3)
+    )
     guard = _ring(-0.02, 0.04, 0.14, 0.12)
     return [
         Part((slide,), material="metal", amount=rng.uniform(2.2, 3.2)),
@@ -112,13 +124,17 @@ def machine_pistol(rng: np.random.Generator) -> list[Part]:
     ]
 
 
-def _handle(rng: np.random.Generator, x0: float, x1: float, half_w: float, metal: bool) -> list[Part]:
+def _handle(
+    rng: np.random.Generator, x0: float, x1: float, half_w: float, metal: bool
+) -> list[Part]:
     body = rounded_rect(x0, -half_w, x1, half_w, half_w * 0.8)
     if metal:
         return [Part((body,), material="metal", amount=rng.uniform(1.2, 1.9))]
     tang = rect(x0 + 0.02, -half_w * 0.35, x1, half_w * 0.35)
-    rivets = tuple(ellipse(x, 0.0, half_w * 0.3, half_w * 0.3, 10)
-                   for x in np.linspace(x0 + 0.05, x1 - 0.05, rng.integers(2, 4)))
+    rivets = tuple(
+        ellipse(x, 0.0, half_w * 0.3, half_w * 0.3, 10)
+        for x in np.linspace(x0 + 0.05, x1 - 0.05, rng.integers(2, 4))
+    )
     return [
         Part((body,), material="organic", amount=rng.uniform(0.8, 1.3)),
         Part((tang,), material="metal", amount=rng.uniform(0.5, 0.8)),
@@ -126,7 +142,9 @@ def _handle(rng: np.random.Generator, x0: float, x1: float, half_w: float, metal
     ]
 
 
-def _blade(rng: np.random.Generator, x0: float, length: float, half_w: float, style: str) -> np.ndarray:
+def _blade(
+    rng: np.random.Generator, x0: float, length: float, half_w: float, style: str
+) -> np.ndarray:
     """Blade outline from the bolster at x0 to the tip at x0 + length."""
     t = np.linspace(0, 1, 12)
     x = x0 + t * length
@@ -137,14 +155,14 @@ def _blade(rng: np.random.Generator, x0: float, length: float, half_w: float, st
         edge = np.maximum(edge - half_w * 0.3 * t, 0.0)
         top, bottom = spine, edge
     elif style == "dagger":
-        top = -half_w * (1 - t ** 1.3)
-        bottom = half_w * (1 - t ** 1.3)
+        top = -half_w * (1 - t**1.3)
+        bottom = half_w * (1 - t**1.3)
     elif style == "clip":
         top = np.where(t < 0.6, -half_w, -half_w * (1 - (t - 0.6) / 0.4) ** 0.7)
-        bottom = half_w * (1 - t ** 4)
+        bottom = half_w * (1 - t**4)
     else:  # narrow: bread or filleting knife, near-parallel sides, rounded or sharp point
-        top = -half_w * (1 - t ** 8)
-        bottom = half_w * (1 - t ** 6)
+        top = -half_w * (1 - t**8)
+        bottom = half_w * (1 - t**6)
     upper = np.stack([x, top], axis=-1)
     lower = np.stack([x, bottom], axis=-1)[::-1]
     return np.concatenate([upper, lower])
@@ -155,15 +173,21 @@ def straight_knife(rng: np.random.Generator) -> list[Part]:
     style = str(rng.choice(["chef", "dagger", "clip", "narrow"]))
     handle_len = rng.uniform(0.3, 0.42)
     half_w = {"chef": rng.uniform(0.07, 0.1), "narrow": rng.uniform(0.03, 0.045)}.get(
-        style, rng.uniform(0.05, 0.07))
+        style, rng.uniform(0.05, 0.07)
+    )
     x_bolster = -0.5 + handle_len
     parts = _handle(rng, -0.5, x_bolster, rng.uniform(0.035, 0.05), metal=rng.random() < 0.3)
     blade = _blade(rng, x_bolster, 0.5 - x_bolster, half_w, style)
     parts.append(Part((blade,), material="metal", amount=rng.uniform(0.9, 1.6)))
     if style in ("dagger", "clip") and rng.random() < 0.7:
         guard_w = rng.uniform(0.08, 0.13)
-        parts.append(Part((rect(x_bolster - 0.02, -guard_w, x_bolster + 0.01, guard_w),),
-                          material="metal", amount=rng.uniform(1.5, 2.2)))
+        parts.append(
+            Part(
+                (rect(x_bolster - 0.02, -guard_w, x_bolster + 0.01, guard_w),),
+                material="metal",
+                amount=rng.uniform(1.5, 2.2),
+            )
+        )
     return parts
 
 
@@ -214,9 +238,11 @@ def curved_knife(rng: np.random.Generator) -> list[Part]:
     bend = rng.uniform(0.25, 0.45)
     t = np.linspace(0, 1, 14)
     x = -0.05 + t * 0.55
-    centre = bend * t ** 2
-    width = rng.uniform(0.05, 0.07) * (1 - t ** 1.5)
-    blade = np.concatenate([np.stack([x, centre - width], -1), np.stack([x, centre + width], -1)[::-1]])
+    centre = bend * t**2
+    width = rng.uniform(0.05, 0.07) * (1 - t**1.5)
+    blade = np.concatenate(
+        [np.stack([x, centre - width], -1), np.stack([x, centre + width], -1)[::-1]]
+    )
     handle = rounded_rect(-0.42, -0.05, -0.03, 0.05, 0.04)
     ring = ellipse(-0.46, 0.0, 0.06, 0.06, 16)
     return [

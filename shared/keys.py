@@ -12,7 +12,9 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 def check_id(value: str, what: str = "id") -> str:
     """Return `value` if it may appear inside a key name, else raise `ValueError`."""
     if not _SAFE_ID.match(value):
-        raise ValueError(f"{what} {value!r} may only hold letters, digits and _ . : - (1-128 chars)")
+        raise ValueError(
+            f"{what} {value!r} may only hold letters, digits and _ . : - (1-128 chars)"
+        )
     return value
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.keys import check_id
 
-DECISION_SCHEMA = "scanguard.decision/1"
-DEAD_SCHEMA = "scanguard.dead/1"
-FRAME_SCHEMA = "scanguard.frame/1"
+DECISION_SCHEMA: Final = "scanguard.decision/1"
+DEAD_SCHEMA: Final = "scanguard.dead/1"
+FRAME_SCHEMA: Final = "scanguard.frame/1"
 CONTENT_TYPES = ("image/jpeg", "image/png")
 
 
@@ -50,7 +50,9 @@ class FrameFields(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
-    def to_fields(self, image: bytes, enqueued_at: datetime | None = None) -> dict[str, bytes | str]:
+    def to_fields(
+        self, image: bytes, enqueued_at: datetime | None = None
+    ) -> dict[str, bytes | str]:
         """Stream entry fields for XADD."""
         return {
             "schema": FRAME_SCHEMA,
@@ -64,7 +66,9 @@ class FrameFields(BaseModel):
         }
 
 
-def parse_frame_fields(raw: dict[bytes, bytes], max_bytes: int) -> tuple[FrameFields, bytes, datetime | None]:
+def parse_frame_fields(
+    raw: dict[bytes, bytes], max_bytes: int
+) -> tuple[FrameFields, bytes, datetime | None]:
     """Validate a raw stream entry; raise `FrameError` with the reason it is unusable."""
     image = raw.get(b"image")
     if image is None:

@@ -8,7 +8,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_CARD = Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
+DEFAULT_MODEL_CARD = (
+    Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
+)
 
 ExhaustedOutcome = Literal["undetermined", "clear", "argmax"]
 HeadFusion = Literal["mean", "max", "min"]
@@ -61,9 +63,7 @@ class ModelSettings(BaseModel):
     @field_validator("device")
     @classmethod
     def _known_device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (
-            value.startswith("cuda:") and value[5:].isdigit()
-        ):
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
 
@@ -74,14 +74,18 @@ class WorkerSettings(BaseModel):
     id: str | None = Field(None, description="worker id; unset = host name and pid")
     group: str = "workers"
     max_wait_ms: int = Field(200, ge=1, le=60_000, description="longest a read blocks when idle")
-    claim_idle_ms: int = Field(30_000, ge=100, description="pending this long: another worker takes it")
+    claim_idle_ms: int = Field(
+        30_000, ge=100, description="pending this long: another worker takes it"
+    )
     max_deliveries: int = Field(3, ge=1, le=100)
     artefact_ttl_s: int = Field(86_400, ge=1)
     stream_maxlen: int = Field(
         1_000_000, ge=0, description="approximate cap of results/alerts/dead streams; 0 = none"
     )
     dedupe_ttl_s: int = Field(86_400, ge=1, description="how long a decided frame id is remembered")
-    health_dir: Path = Field(Path("/tmp"), description="folder of the liveness file `worker check` reads")
+    health_dir: Path = Field(
+        Path("/tmp"), description="folder of the liveness file `worker check` reads"
+    )
     heartbeat_ttl_s: int = Field(15, ge=2)
     metrics_port: int = Field(9400, ge=0, le=65_535, description="0 disables the metrics server")
     decode_threads: int = Field(2, ge=1, le=64)
@@ -96,7 +100,9 @@ class ProducerSettings(BaseModel):
 
     scanner_id: str = "lane-1"
     jpeg_quality: int = Field(90, ge=1, le=100)
-    max_backlog: int = Field(1_000, ge=1, description="XLEN of the frames stream that triggers backpressure")
+    max_backlog: int = Field(
+        1_000, ge=1, description="XLEN of the frames stream that triggers backpressure"
+    )
     backpressure: Literal["block", "drop"] = "block"
 
 

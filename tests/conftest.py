@@ -82,7 +82,9 @@ def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def spawn_worker(tiny_card: Path, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def spawn_worker(
+    tiny_card: Path, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start real worker processes (logs in tmp_path/ID.log); leftovers are killed at the end.
 
     Call as `spawn_worker(url, keys, worker_id, *args, command=None, **env)`; `command`
@@ -90,8 +92,14 @@ def spawn_worker(tiny_card: Path, tmp_path: Path) -> Iterator[Callable[..., subp
     """
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(url: str, keys: Keys, worker_id: str, *args: str,
-              command: list[str] | None = None, **env: str) -> subprocess.Popen[bytes]:
+    def spawn(
+        url: str,
+        keys: Keys,
+        worker_id: str,
+        *args: str,
+        command: list[str] | None = None,
+        **env: str,
+    ) -> subprocess.Popen[bytes]:
         environ = {
             **os.environ,
             **ERASING_ENV,
@@ -127,10 +135,30 @@ class ReliabilityLog:
     def __init__(self) -> None:
         self.rows: list[dict[str, object]] = []
 
-    def record(self, scenario: str, expected: str, *, sent: int, decided: int, dead: int,
-               duplicated: int, lost: int, note: str = "") -> None:
-        self.rows.append({"scenario": scenario, "expected": expected, "sent": sent, "decided": decided,
-                          "dead": dead, "duplicated": duplicated, "lost": lost, "note": note})
+    def record(
+        self,
+        scenario: str,
+        expected: str,
+        *,
+        sent: int,
+        decided: int,
+        dead: int,
+        duplicated: int,
+        lost: int,
+        note: str = "",
+    ) -> None:
+        self.rows.append(
+            {
+                "scenario": scenario,
+                "expected": expected,
+                "sent": sent,
+                "decided": decided,
+                "dead": dead,
+                "duplicated": duplicated,
+                "lost": lost,
+                "note": note,
+            }
+        )
 
 
 @pytest.fixture(scope="session")

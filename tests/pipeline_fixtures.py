@@ -28,7 +28,9 @@ def write_tiny_card(folder: Path, seed: int = 0) -> Path:
     """Write a random-init tiny ViT checkpoint and its card; return the card path."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    module = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=3, **TINY_KWARGS)
+    module = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=3, **TINY_KWARGS
+    )
     with torch.no_grad():
         module.head.weight.mul_(30.0)  # spread the probabilities so decisions vary
     save_file(module.state_dict(), str(folder / "model.safetensors"))
@@ -64,7 +66,11 @@ def encode(image: np.ndarray, content_type: str = "image/jpeg") -> bytes:
 
 
 def push_frames(
-    client: redis.Redis, keys: Keys, count: int, start: int = 0, size_hw: tuple[int, int] = (96, 128)
+    client: redis.Redis,
+    keys: Keys,
+    count: int,
+    start: int = 0,
+    size_hw: tuple[int, int] = (96, 128),
 ) -> list[str]:
     """XADD `count` valid frames; return their frame ids."""
     ids = []
@@ -77,7 +83,9 @@ def push_frames(
             content_type=content_type,
             meta={"index": index},
         )
-        client.xadd(keys.frames, fields.to_fields(encode(frame_image(index, size_hw), content_type)))
+        client.xadd(
+            keys.frames, fields.to_fields(encode(frame_image(index, size_hw), content_type))
+        )
         ids.append(fields.frame_id)
     return ids
 

@@ -38,7 +38,9 @@ def bomb_png() -> bytes:
     return bytes(data)
 
 
-def fields(image: bytes, content_type: str = "image/jpeg", **extra: str | bytes) -> dict[str, str | bytes]:
+def fields(
+    image: bytes, content_type: str = "image/jpeg", **extra: str | bytes
+) -> dict[str, str | bytes]:
     base: dict[str, str | bytes] = {
         "frame_id": extra.pop("frame_id", "f"),
         "scanner_id": "lane-1",
@@ -57,11 +59,17 @@ BAD_FRAMES = {
     "corrupt PNG body": (fields(PNG[:33] + b"\x00" * 300 + PNG[-12:], "image/png"), "corrupt"),
     "zero bytes": (fields(b""), "empty"),
     "not an image": (fields(b"%PDF-1.7 this is not a picture at all"), "neither PNG nor JPEG"),
-    "PNG declared as JPEG": (fields(PNG, "image/jpeg"), "declared image/jpeg but the bytes are image/png"),
+    "PNG declared as JPEG": (
+        fields(PNG, "image/jpeg"),
+        "declared image/jpeg but the bytes are image/png",
+    ),
     "decompression bomb": (fields(bomb_png(), "image/png"), "pixel limit"),
     "oversized payload": (fields(JPEG + b"\x00" * (300 * 1024)), "byte limit"),
     "missing frame_id": (fields(JPEG, frame_id=None), "frame_id"),
-    "missing image": ({k: v for k, v in fields(JPEG).items() if k != "image"}, "missing field 'image'"),
+    "missing image": (
+        {k: v for k, v in fields(JPEG).items() if k != "image"},
+        "missing field 'image'",
+    ),
     "malformed captured_at": (fields(JPEG, captured_at="yesterday"), "captured_at"),
     "meta not JSON": (fields(JPEG, meta="{oops"), "meta"),
     "unsafe frame id": (fields(JPEG, frame_id="a b\nc"), "frame_id"),
@@ -72,8 +80,12 @@ BAD_FRAMES = {
 ODD_BUT_VALID = {
     "grayscale PNG": fields(png_bytes(frame_image(3)[..., 0]), "image/png"),
     "16-bit PNG": fields(png_bytes(frame_image(4).astype(np.uint16) * 257), "image/png"),
-    "alpha PNG": fields(png_bytes(np.dstack([frame_image(5), np.full((96, 128), 200, np.uint8)])), "image/png"),
-    "16-bit grayscale PNG": fields(png_bytes(frame_image(6)[..., 1].astype(np.uint16) * 100), "image/png"),
+    "alpha PNG": fields(
+        png_bytes(np.dstack([frame_image(5), np.full((96, 128), 200, np.uint8)])), "image/png"
+    ),
+    "16-bit grayscale PNG": fields(
+        png_bytes(frame_image(6)[..., 1].astype(np.uint16) * 100), "image/png"
+    ),
     "tiny 1x1 JPEG": fields(encode(np.zeros((1, 1, 3), np.uint8))),
 }
 
@@ -108,16 +120,23 @@ def test_worker_dead_letters_bad_frames_and_decides_the_rest(
     """Bad frames mixed into a stream go to {ns}:dead with reasons; every other frame is decided."""
     for name, value in {**ERASING_ENV, "SCANGUARD_WORKER__HEALTH_DIR": str(tmp_path)}.items():
         monkeypatch.setenv(name, value)
-    settings_ = load_settings(redis_url=redis_server.url, namespace=keys.namespace,
-                              model={"card": tiny_card}, worker={"metrics_port": 0,
-                              "max_frame_bytes": 256 * 1024, "max_pixels": 4_000_000})
+    settings_ = load_settings(
+        redis_url=redis_server.url,
+        namespace=keys.namespace,
+        model={"card": tiny_card},
+        worker={"metrics_port": 0, "max_frame_bytes": 256 * 1024, "max_pixels": 4_000_000},
+    )
     client = redis_server.client()
     worker = Worker(settings_, client, load_model(tiny_card))
     worker.ensure_group()
     good = push_frames(client, keys, 4)
     for index, case in enumerate([*BAD_FRAMES, *ODD_BUT_VALID]):
         entry = BAD_FRAMES[case][0] if case in BAD_FRAMES else ODD_BUT_VALID[case]
-        frame_id = {"frame_id": f"case-{index}"} if "frame_id" in entry and case != "unsafe frame id" else {}
+        frame_id = (
+            {"frame_id": f"case-{index}"}
+            if "frame_id" in entry and case != "unsafe frame id"
+            else {}
+        )
         client.xadd(keys.frames, {**entry, **frame_id})
     good += push_frames(client, keys, 4, start=4)
 
@@ -133,25 +152,54 @@ def test_worker_dead_letters_bad_frames_and_decides_the_rest(
     for case, (_, reason) in BAD_FRAMES.items():
         matched = [r for r in by_entry if reason in r]
         assert matched, f"{case}: no dead letter mentions {reason!r}"
-        reliability.record(f"bad input: {case}", "dead letter with reason, worker goes on",
-                           sent=1, decided=0, dead=1, duplicated=0, lost=0, note=matched[0])
+        reliability.record(
+            f"bad input: {case}",
+            "dead letter with reason, worker goes on",
+            sent=1,
+            decided=0,
+            dead=1,
+            duplicated=0,
+            lost=0,
+            note=matched[0],
+        )
     for case in ODD_BUT_VALID:
-        reliability.record(f"odd input: {case}", "decided like any frame",
-                           sent=1, decided=1, dead=0, duplicated=0, lost=0)
+        reliability.record(
+            f"odd input: {case}",
+            "decided like any frame",
+            sent=1,
+            decided=1,
+            dead=0,
+            duplicated=0,
+            lost=0,
+        )
 
 
 def entry_strategy() -> st.SearchStrategy[dict[bytes, bytes]]:
     """Field maps mixing valid values, junk and missing fields, with images from real to garbage."""
     image = st.one_of(
-        st.just(JPEG), st.just(PNG), st.binary(max_size=200),
+        st.just(JPEG),
+        st.just(PNG),
+        st.binary(max_size=200),
         st.integers(0, len(JPEG)).map(lambda n: JPEG[:n]),
         st.integers(0, len(PNG)).map(lambda n: PNG[:n]),
         st.binary(min_size=1, max_size=64).map(lambda b: JPEG[:20] + b + JPEG[-2:]),
     )
-    text = st.one_of(st.text(max_size=20), st.sampled_from(["f-1", NOW, "image/png", "image/jpeg", "{}"]))
+    text = st.one_of(
+        st.text(max_size=20), st.sampled_from(["f-1", NOW, "image/png", "image/jpeg", "{}"])
+    )
     value = st.one_of(text.map(str.encode), st.binary(max_size=20))
-    names = st.sampled_from(["frame_id", "scanner_id", "captured_at", "content_type", "meta", "schema",
-                             "enqueued_at", "extra"])
+    names = st.sampled_from(
+        [
+            "frame_id",
+            "scanner_id",
+            "captured_at",
+            "content_type",
+            "meta",
+            "schema",
+            "enqueued_at",
+            "extra",
+        ]
+    )
     valid = st.sampled_from([as_raw(fields(JPEG)), as_raw(fields(PNG, "image/png"))])
     junk = st.tuples(st.dictionaries(names, value, max_size=8), image, st.booleans()).map(
         lambda t: {**{k.encode(): v for k, v in t[0].items()}, **({b"image": t[1]} if t[2] else {})}
@@ -175,14 +223,22 @@ def test_decoder_never_raises(raw):
 
 
 @pytest.mark.redis
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batch=st.lists(entry_strategy(), min_size=1, max_size=12))
-def test_every_hostile_entry_ends_decided_or_dead(batch, redis_server, tiny_card, monkeypatch, tmp_path):
+def test_every_hostile_entry_ends_decided_or_dead(
+    batch, redis_server, tiny_card, monkeypatch, tmp_path
+):
     """Through a real worker, each arbitrary entry ends as one decision or one dead letter."""
     monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     keys = Keys(f"h{np.random.default_rng().integers(1 << 40):x}")
-    settings_ = load_settings(redis_url=redis_server.url, namespace=keys.namespace,
-                              model={"card": tiny_card}, worker={"metrics_port": 0})
+    settings_ = load_settings(
+        redis_url=redis_server.url,
+        namespace=keys.namespace,
+        model={"card": tiny_card},
+        worker={"metrics_port": 0},
+    )
     client = redis_server.client()
     worker = Worker(settings_, client, load_model(tiny_card))
     worker.ensure_group()

@@ -39,7 +39,9 @@ def test_demo_model_classifies_source_frames(demo_model) -> None:
     """Vanilla classification of nine unseen source-domain frames gets at least eight right."""
     scanner = SyntheticScanner("source", seed=31337)
     frames = [scanner.frame(i) for i in range(9)]
-    inputs = [EngineInput(i, to_model_input(f.image, demo_model.input_hw)) for i, f in enumerate(frames)]
+    inputs = [
+        EngineInput(i, to_model_input(f.image, demo_model.input_hw)) for i, f in enumerate(frames)
+    ]
     engine = ErasingEngine(demo_model, DecisionPolicy.vanilla(), max_batch=9)
     try:
         results = sorted(engine.run(inputs), key=lambda r: r.key)

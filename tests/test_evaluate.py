@@ -14,11 +14,34 @@ CARD = Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "c
 
 def test_evaluate_writes_report_json_and_figures(tmp_path: Path) -> None:
     """Four frames per class and a two-point sweep produce REPORT.md, results.json and both PNGs."""
-    code = evaluate.main([
-        "--card", str(CARD), "--out", str(tmp_path), "--per-class", "4", "--val-per-class", "2",
-        "--detect-th", "0.1", "0.5", "--reconsider-th", "0.001", "--max-iters", "1", "2",
-        "--fills", "1.0", "--speed-frames", "0", "--test-seed", "5", "--val-seed", "6",
-    ])
+    code = evaluate.main(
+        [
+            "--card",
+            str(CARD),
+            "--out",
+            str(tmp_path),
+            "--per-class",
+            "4",
+            "--val-per-class",
+            "2",
+            "--detect-th",
+            "0.1",
+            "0.5",
+            "--reconsider-th",
+            "0.001",
+            "--max-iters",
+            "1",
+            "2",
+            "--fills",
+            "1.0",
+            "--speed-frames",
+            "0",
+            "--test-seed",
+            "5",
+            "--val-seed",
+            "6",
+        ]
+    )
     assert code == 0
     for name in ("REPORT.md", "results.json", "sweep.png", "montage.png"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -44,11 +67,16 @@ def test_replay_follows_the_seed_rules() -> None:
 def test_score_and_choose_respect_the_false_alarm_budget() -> None:
     """Recall counts only the true class; `choose` never exceeds the false-alarm budget."""
     labels = [0, 1, 2]
-    decisions = [Decision(Verdict.THREAT, (1,), 1, 2), Decision(Verdict.THREAT, (1,), 1, 2),
-                 Decision(Verdict.THREAT, (1,), 1, 2)]
+    decisions = [
+        Decision(Verdict.THREAT, (1,), 1, 2),
+        Decision(Verdict.THREAT, (1,), 1, 2),
+        Decision(Verdict.THREAT, (1,), 1, 2),
+    ]
     scored = score(labels, decisions, ["benign", "gun", "knife"])
     assert scored["recall"] == {"gun": 1.0, "knife": 0.0} and scored["false_alarm_rate"] == 1.0
-    rows = [{"mean_recall": 0.9, "false_alarm_rate": 0.2, "mean_forwards": 2.0},
-            {"mean_recall": 0.6, "false_alarm_rate": 0.05, "mean_forwards": 3.0}]
+    rows = [
+        {"mean_recall": 0.9, "false_alarm_rate": 0.2, "mean_forwards": 2.0},
+        {"mean_recall": 0.6, "false_alarm_rate": 0.05, "mean_forwards": 3.0},
+    ]
     assert choose(rows, 0.1) is rows[1]
     assert choose(rows, 0.01) is None

@@ -25,14 +25,23 @@ FAULT_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "fault_wor
 FAST_CLAIM = {"SCANGUARD_WORKER__CLAIM_IDLE_MS": "1000"}
 
 
-def audit(client, keys: Keys, sent: list[str], reliability, scenario: str, expected: str) -> Counter:
+def audit(
+    client, keys: Keys, sent: list[str], reliability, scenario: str, expected: str
+) -> Counter:
     """Check exactly-once decisions for `sent`; record the counts; return them per frame."""
     decided = Counter(e["frame_id"] for e in events(client, keys.results))
     dead = client.xlen(keys.dead)
     duplicated = sum(n - 1 for n in decided.values() if n > 1)
     lost = len(set(sent) - set(decided)) - dead
-    reliability.record(scenario, expected, sent=len(sent), decided=len(decided), dead=dead,
-                       duplicated=duplicated, lost=lost)
+    reliability.record(
+        scenario,
+        expected,
+        sent=len(sent),
+        decided=len(decided),
+        dead=dead,
+        duplicated=duplicated,
+        lost=lost,
+    )
     assert duplicated == 0 and lost == 0 and dead == 0
     assert set(decided) == set(sent)
     assert client.xpending(keys.frames, "workers")["pending"] == 0
@@ -41,8 +50,12 @@ def audit(client, keys: Keys, sent: list[str], reliability, scenario: str, expec
 
 
 def producer_env(url: str, keys: Keys) -> dict[str, str]:
-    return {**os.environ, "SCANGUARD_REDIS_URL": url, "SCANGUARD_NAMESPACE": keys.namespace,
-            "SCANGUARD_LOG_FORMAT": "json"}
+    return {
+        **os.environ,
+        "SCANGUARD_REDIS_URL": url,
+        "SCANGUARD_NAMESPACE": keys.namespace,
+        "SCANGUARD_LOG_FORMAT": "json",
+    }
 
 
 def stop_all(*procs: subprocess.Popen) -> None:
@@ -58,7 +71,9 @@ def test_sigkill_mid_batch_is_recovered_by_another_worker(
 ):
     """A worker SIGKILLed while holding frames leaves them pending; another takes them over."""
     client = redis_server.client()
-    victim = spawn_worker(redis_server.url, keys, "victim", point, "kill", command=FAULT_WORKER, **FAST_CLAIM)
+    victim = spawn_worker(
+        redis_server.url, keys, "victim", point, "kill", command=FAULT_WORKER, **FAST_CLAIM
+    )
     rescuer = spawn_worker(redis_server.url, keys, "rescuer", **FAST_CLAIM)
     for name in ("victim", "rescuer"):
         wait_for(heartbeat(client, keys, name), 60, f"{name} to start")
@@ -68,31 +83,54 @@ def test_sigkill_mid_batch_is_recovered_by_another_worker(
     stop_all(rescuer)
     reclaimed = (tmp_path / "rescuer.log").read_text().count('"frame_reclaimed"')
     assert reclaimed > 0, "the victim died holding no frames"
-    audit(client, keys, sent, reliability, f"worker SIGKILL during {point}",
-          f"the {reclaimed} frames it held are reclaimed and decided once")
+    audit(
+        client,
+        keys,
+        sent,
+        reliability,
+        f"worker SIGKILL during {point}",
+        f"the {reclaimed} frames it held are reclaimed and decided once",
+    )
 
 
-def test_hung_worker_late_publish_is_discarded(redis_server, keys, spawn_worker, tmp_path, reliability):
+def test_hung_worker_late_publish_is_discarded(
+    redis_server, keys, spawn_worker, tmp_path, reliability
+):
     """A worker stopped (SIGSTOP) past claim_idle_ms loses its frames; resumed, its publish is discarded."""
     client = redis_server.client()
-    sleeper = spawn_worker(redis_server.url, keys, "sleeper", "publish", "stop", command=FAULT_WORKER, **FAST_CLAIM)
+    sleeper = spawn_worker(
+        redis_server.url, keys, "sleeper", "publish", "stop", command=FAULT_WORKER, **FAST_CLAIM
+    )
     wait_for(heartbeat(client, keys, "sleeper"), 60, "the sleeper to start")
     sent = push_frames(client, keys, 16)
-    wait_for(lambda: "fault_strikes" in (tmp_path / "sleeper.log").read_text(), 60, "the sleeper to hang")
+    wait_for(
+        lambda: "fault_strikes" in (tmp_path / "sleeper.log").read_text(), 60, "the sleeper to hang"
+    )
     rescuer = spawn_worker(redis_server.url, keys, "rescuer", **FAST_CLAIM)
     wait_for(lambda: client.xlen(keys.results) >= len(sent), 90, "every decision")
 
     sleeper.send_signal(signal.SIGCONT)
-    wait_for(lambda: '"publish_discarded"' in (tmp_path / "sleeper.log").read_text(), 30,
-             "the late publish to be refused")
+    wait_for(
+        lambda: '"publish_discarded"' in (tmp_path / "sleeper.log").read_text(),
+        30,
+        "the late publish to be refused",
+    )
     stop_all(sleeper, rescuer)
-    decided = audit(client, keys, sent, reliability, "worker SIGSTOP > claim_idle_ms, then SIGCONT",
-                    "frames taken over; late publish discarded")
+    decided = audit(
+        client,
+        keys,
+        sent,
+        reliability,
+        "worker SIGSTOP > claim_idle_ms, then SIGCONT",
+        "frames taken over; late publish discarded",
+    )
     assert all(n == 1 for n in decided.values())
 
 
 @pytest.mark.parametrize("fsync", ["always", "everysec"])
-def test_redis_killed_and_restarted_mid_run(fsync, redis_factory, keys, spawn_worker, tmp_path, reliability):
+def test_redis_killed_and_restarted_mid_run(
+    fsync, redis_factory, keys, spawn_worker, tmp_path, reliability
+):
     """Redis SIGKILLed and restarted with AOF: producer and workers reconnect; no frame lost or redone."""
     server = redis_factory(appendonly=True)
     client = server.client()
@@ -103,9 +141,25 @@ def test_redis_killed_and_restarted_mid_run(fsync, redis_factory, keys, spawn_wo
         wait_for(heartbeat(client, keys, f"w{i}"), 60, f"worker w{i} to start")
     with open(tmp_path / "producer.log", "wb") as log:
         producer = subprocess.Popen(
-            [sys.executable, "-m", "producer", "--source", "synthetic:target", "--size", "128x96",
-             "--count", "120", "--fps", "40", "--no-progress", "--scanner-id", "lane-7"],
-            env=producer_env(server.url, keys), stdout=subprocess.PIPE, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "producer",
+                "--source",
+                "synthetic:target",
+                "--size",
+                "128x96",
+                "--count",
+                "120",
+                "--fps",
+                "40",
+                "--no-progress",
+                "--scanner-id",
+                "lane-7",
+            ],
+            env=producer_env(server.url, keys),
+            stdout=subprocess.PIPE,
+            stderr=log,
         )
     wait_for(lambda: client.xlen(keys.results) >= 30, 60, "the first decisions")
     server.kill()
@@ -121,8 +175,14 @@ def test_redis_killed_and_restarted_mid_run(fsync, redis_factory, keys, spawn_wo
     stop_all(*workers)
     decided = Counter(e["frame_id"] for e in events(client, keys.results))
     assert set(decided) <= set(sent)
-    audit(client, keys, sent, reliability, f"Redis SIGKILL + restart, AOF appendfsync {fsync}",
-          "reconnect with back-off; acked frames not redone")
+    audit(
+        client,
+        keys,
+        sent,
+        reliability,
+        f"Redis SIGKILL + restart, AOF appendfsync {fsync}",
+        "reconnect with back-off; acked frames not redone",
+    )
     logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(2))
     assert '"redis_unavailable"' in logs
     assert '"duplicate_frame"' not in logs
@@ -142,7 +202,9 @@ def test_three_workers_share_a_burst(redis_server, keys, spawn_worker, reliabili
     assert set(shares) == {"w0", "w1", "w2"}, shares
 
 
-def test_sigterm_under_load_drains_within_bound(redis_server, keys, spawn_worker, tmp_path, reliability):
+def test_sigterm_under_load_drains_within_bound(
+    redis_server, keys, spawn_worker, tmp_path, reliability
+):
     """SIGTERM with a deep backlog: the worker finishes what it holds and exits 0 within 20 s."""
     client = redis_server.client()
     proc = spawn_worker(redis_server.url, keys, "drainer", SCANGUARD_MODEL__MAX_BATCH="16")
@@ -155,10 +217,16 @@ def test_sigterm_under_load_drains_within_bound(redis_server, keys, spawn_worker
     drain_s = time.monotonic() - start
     decided = Counter(e["frame_id"] for e in events(client, keys.results))
     left = client.xlen(keys.frames)
-    reliability.record("SIGTERM with 300-frame backlog", "drain in-flight frames, exit 0",
-                       sent=len(sent), decided=len(decided), dead=0,
-                       duplicated=sum(n - 1 for n in decided.values()), lost=len(sent) - len(decided) - left,
-                       note=f"drained in {drain_s:.1f} s, {left} frames left unread for other workers")
+    reliability.record(
+        "SIGTERM with 300-frame backlog",
+        "drain in-flight frames, exit 0",
+        sent=len(sent),
+        decided=len(decided),
+        dead=0,
+        duplicated=sum(n - 1 for n in decided.values()),
+        lost=len(sent) - len(decided) - left,
+        note=f"drained in {drain_s:.1f} s, {left} frames left unread for other workers",
+    )
     assert drain_s < 20
     assert client.xpending(keys.frames, "workers")["pending"] == 0
     assert len(decided) + left == len(sent)

@@ -20,8 +20,10 @@ N_BURST = 10_000
 def small_frames(count: int) -> list[SourceFrame]:
     """`count` distinct 32x32 JPEG frames (about 700 bytes each)."""
     rng = np.random.default_rng(3)
-    base = [cv2.imencode(".jpg", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))[1].tobytes()
-            for _ in range(16)]
+    base = [
+        cv2.imencode(".jpg", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))[1].tobytes()
+        for _ in range(16)
+    ]
     return [SourceFrame(base[i % 16], "image/jpeg", {"i": i}) for i in range(count)]
 
 
@@ -55,8 +57,9 @@ def test_burst_in_block_mode_stays_bounded_and_decides_every_frame(
     server = redis_factory()
     client = server.client()
     # One erasing step per frame at most: the point here is volume, not iterations.
-    worker = spawn_worker(server.url, keys, "slow", SCANGUARD_MODEL__MAX_BATCH="8",
-                          SCANGUARD_ERASING__MAX_ITER="1")
+    worker = spawn_worker(
+        server.url, keys, "slow", SCANGUARD_MODEL__MAX_BATCH="8", SCANGUARD_ERASING__MAX_ITER="1"
+    )
     wait_for(heartbeat(client, keys, "slow"), 60, "the worker to start")
     baseline = int(client.info("memory")["used_memory"])
     sampler = Sampler(server.client(), keys.frames)
@@ -73,13 +76,17 @@ def test_burst_in_block_mode_stays_bounded_and_decides_every_frame(
     events_bytes = int(client.memory_usage(keys.results, samples=0) or 0)
     growth = sampler.max_memory - baseline
     reliability.record(
-        "burst of 10,000 frames, block mode, max_backlog 300", "producer waits; nothing dropped",
-        sent=summary.sent, decided=decided(client, keys), dead=int(client.xlen(keys.dead)),
-        duplicated=0, lost=summary.sent - decided(client, keys),
+        "burst of 10,000 frames, block mode, max_backlog 300",
+        "producer waits; nothing dropped",
+        sent=summary.sent,
+        decided=decided(client, keys),
+        dead=int(client.xlen(keys.dead)),
+        duplicated=0,
+        lost=summary.sent - decided(client, keys),
         note=f"peak backlog {sampler.max_backlog} frames ({sampler.max_stream_bytes / 2**20:.2f} MiB), "
-             f"producer blocked {summary.blocked_s:.1f} s; Redis memory +{growth / 2**20:.1f} MiB, "
-             f"of which results history {events_bytes / 2**20:.1f} MiB (the rest: artefacts and "
-             "dedupe markers, both with a TTL)",
+        f"producer blocked {summary.blocked_s:.1f} s; Redis memory +{growth / 2**20:.1f} MiB, "
+        f"of which results history {events_bytes / 2**20:.1f} MiB (the rest: artefacts and "
+        "dedupe markers, both with a TTL)",
     )
     assert summary.sent == N_BURST and summary.dropped == 0
     assert summary.blocked_s > 0, "the worker was never slower than the producer"
@@ -94,8 +101,9 @@ def test_drop_mode_counts_every_dropped_frame(redis_factory, keys, spawn_worker,
     """With backpressure=drop, sent + dropped == offered, drops are in the stats hash, sent are decided."""
     server = redis_factory()
     client = server.client()
-    worker = spawn_worker(server.url, keys, "slow", SCANGUARD_MODEL__MAX_BATCH="4",
-                          SCANGUARD_ERASING__MAX_ITER="1")
+    worker = spawn_worker(
+        server.url, keys, "slow", SCANGUARD_MODEL__MAX_BATCH="4", SCANGUARD_ERASING__MAX_ITER="1"
+    )
     wait_for(heartbeat(client, keys, "slow"), 60, "the worker to start")
 
     producer = Producer(server.client(), keys, "dropper", max_backlog=50, backpressure="drop")
@@ -106,8 +114,12 @@ def test_drop_mode_counts_every_dropped_frame(redis_factory, keys, spawn_worker,
 
     stats = {k.decode(): v.decode() for k, v in client.hgetall(keys.stats).items()}
     reliability.record(
-        "3,000 frames, drop mode, max_backlog 50", "newest frames dropped and counted",
-        sent=summary.sent, decided=decided(client, keys), dead=0, duplicated=0,
+        "3,000 frames, drop mode, max_backlog 50",
+        "newest frames dropped and counted",
+        sent=summary.sent,
+        decided=decided(client, keys),
+        dead=0,
+        duplicated=0,
         lost=summary.offered - summary.sent - summary.dropped,
         note=f"dropped {summary.dropped} (stats hash: {stats.get('dropped')})",
     )

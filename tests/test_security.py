@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import heartbeat, push_frames, wait_for
+import redis
+from pipeline_fixtures import heartbeat, wait_for
 from redis_procs import free_port
 
 from shared.redis_conn import connect
@@ -21,13 +22,32 @@ SECRET = "s3cret-Pa55word"
 
 
 def run_producer(url: str, namespace: str, count: int, log: Path) -> dict:
-    env = {"PATH": "/usr/bin:/bin", "SCANGUARD_REDIS_URL": url, "SCANGUARD_NAMESPACE": namespace,
-           "SCANGUARD_LOG_FORMAT": "json"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SCANGUARD_REDIS_URL": url,
+        "SCANGUARD_NAMESPACE": namespace,
+        "SCANGUARD_LOG_FORMAT": "json",
+    }
     with open(log, "wb") as err:
         out = subprocess.run(
-            [sys.executable, "-m", "producer", "--source", "synthetic:target", "--size", "96x64",
-             "--count", str(count), "--no-progress"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, timeout=120, check=True,
+            [
+                sys.executable,
+                "-m",
+                "producer",
+                "--source",
+                "synthetic:target",
+                "--size",
+                "96x64",
+                "--count",
+                str(count),
+                "--no-progress",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            timeout=120,
+            check=True,
         ).stdout
     return json.loads(out.decode().strip().splitlines()[-1])
 
@@ -54,7 +74,7 @@ def test_acl_user_with_password(redis_factory, keys, spawn_worker, tmp_path):
     server = redis_factory(password=SECRET, username="scanguard")
     if not server.controllable:
         pytest.skip("an external server has its own authentication")
-    with pytest.raises(Exception, match="(?i)auth|NOPERM|WRONGPASS|invalid"):
+    with pytest.raises(redis.RedisError, match=r"(?i)auth|NOPERM|WRONGPASS|invalid"):
         connect(server.url.replace(SECRET, "wrong")).ping()
     run_line(server.url, keys, spawn_worker, tmp_path)
 
@@ -68,20 +88,79 @@ def tls_server(tmp_path):
     def ssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
 
-    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-        "-days", "2", "-subj", "/CN=scanguard-test-ca")
-    ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=localhost")
+    ssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=scanguard-test-ca",
+    )
+    ssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
     (tmp_path / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "san.cnf")
+    ssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    )
     port = free_port()
     proc = subprocess.Popen(
-        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key",
-         "--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no", "--requirepass", SECRET,
-         "--save", "", "--dir", str(tmp_path)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.pem",
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            SECRET,
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"rediss://:{SECRET}@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}&ssl_cert_reqs=required"
     wait_for(lambda: _pings(url), 10, "the TLS server")
@@ -124,7 +203,11 @@ def test_rq_uses_the_json_serializer():
     for path in (ROOT / "shared" / "delivery").rglob("*.py"):
         for call in re.findall(r"\bQueue\([^)]*\)", path.read_text()):
             assert "serializer=JSONSerializer" in call, f"{path}: {call}"
-    deployed = [p for p in (ROOT / "deploy").rglob("*.y*ml") if re.search(r"^\s*(- )?rq\s*$|rq worker", p.read_text(), re.M)]
+    deployed = [
+        p
+        for p in (ROOT / "deploy").rglob("*.y*ml")
+        if re.search(r"^\s*(- )?rq\s*$|rq worker", p.read_text(), re.M)
+    ]
     assert deployed, "no RQ worker found in deploy/"
     for path in deployed:
         assert "rq.serializers.JSONSerializer" in path.read_text(), path

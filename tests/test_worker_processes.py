@@ -63,7 +63,9 @@ def test_worker_survives_a_redis_restart(redis_factory, keys, spawn_worker, tmp_
     server.restart()
     client = server.client()
     second = push_frames(client, keys, 20, start=20)
-    wait_for(lambda: client.xlen(keys.results) >= len(first) + len(second), 60, "decisions after restart")
+    wait_for(
+        lambda: client.xlen(keys.results) >= len(first) + len(second), 60, "decisions after restart"
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 

@@ -36,7 +36,7 @@ class AttentionRecorder:
         self.maps: list[torch.Tensor] = []
         self._recording_thread: int | None = None
         self._handles = []
-        self._blocks = list(module.blocks)  # type: ignore[union-attr, arg-type]
+        self._blocks = list(module.blocks)  # type: ignore[arg-type]
         for block in self._blocks:
             block.attn.fused_attn = False
             self._handles.append(block.attn.attn_drop.register_forward_hook(self._hook))

@@ -7,10 +7,9 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import structlog
-
-from typing import TYPE_CHECKING
 
 from shared.logs import configure_logging
 from shared.redis_conn import connect, describe_url
@@ -98,14 +97,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(settings, frames=args.frames, fps=args.fps, out_dir=args.out)
     if settings.redis_url is None:
-        print("SCANGUARD_REDIS_URL is not set: a worker needs a shared Redis "
-              "(`python -m worker demo` runs everything on an embedded one)", file=sys.stderr)
+        print(
+            "SCANGUARD_REDIS_URL is not set: a worker needs a shared Redis "
+            "(`python -m worker demo` runs everything on an embedded one)",
+            file=sys.stderr,
+        )
         return 2
     if getattr(args, "id", None):
         settings = settings.model_copy(
             update={"worker": settings.worker.model_copy(update={"id": args.id})}
         )
-    url = settings.redis_url.get_secret_value()
+    url = settings.redis_url.get_secret_value()  # type: ignore[union-attr]  # checked above
     try:
         worker = build_worker(settings, url)
     except ValueError as exc:  # ModelLoadError and bad URLs are ValueErrors

@@ -36,7 +36,9 @@ class DecisionPolicy:
         if self.max_iter < 0:
             raise ValueError(f"max_iter must be >= 0, not {self.max_iter}")
         if self.on_exhausted not in ("undetermined", "clear", "argmax"):
-            raise ValueError(f"on_exhausted must be undetermined, clear or argmax, not {self.on_exhausted!r}")
+            raise ValueError(
+                f"on_exhausted must be undetermined, clear or argmax, not {self.on_exhausted!r}"
+            )
         if not 0.0 <= self.fill <= 1.0:
             raise ValueError(f"fill must lie in [0, 1], not {self.fill}")
 
@@ -65,7 +67,9 @@ class Outcome:
     classes: tuple[int, ...]  # detected threat classes, empty unless THREAT
 
 
-def judge(probs: np.ndarray, threat_indices: tuple[int, ...], policy: DecisionPolicy) -> Outcome | None:
+def judge(
+    probs: np.ndarray, threat_indices: tuple[int, ...], policy: DecisionPolicy
+) -> Outcome | None:
     """Apply the seed's rules to one probability vector; None means "erase and look again"."""
     threat = probs[list(threat_indices)]
     if bool(np.all(threat < policy.reconsider_th)):

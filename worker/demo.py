@@ -26,8 +26,9 @@ from shared.schemas import DecisionEvent
 from shared.settings import Settings
 
 
-def _follow(events: EventClient, out_dir: Path, total: int, seen: list[DecisionEvent],
-            stop: threading.Event) -> None:
+def _follow(
+    events: EventClient, out_dir: Path, total: int, seen: list[DecisionEvent], stop: threading.Event
+) -> None:
     """Print every alert as it lands and a progress line every tenth decision."""
     for received in events.follow("results", last_id="0", block_ms=500, stop=stop):
         event = received.event
@@ -55,7 +56,10 @@ def _summary(events: list[DecisionEvent], elapsed_s: float, labels: tuple[str, .
         *((f"  {v}", f"{verdicts.get(v, 0)}") for v in ("clear", "threat", "undetermined")),
         *((f"  threat: {name}", f"{by_class.get(name, 0)}") for name in labels[1:]),
         ("throughput", f"{len(events) / max(elapsed_s, 1e-9):.1f} frames/s"),
-        ("latency p50 / p99", f"{np.percentile(latency, 50):.0f} / {np.percentile(latency, 99):.0f} ms"),
+        (
+            "latency p50 / p99",
+            f"{np.percentile(latency, 50):.0f} / {np.percentile(latency, 99):.0f} ms",
+        ),
         ("mean iterations", f"{np.mean([e.iterations for e in events]) if events else 0:.2f}"),
         ("threats flagged (ground truth)", f"{flagged}/{threats}"),
         ("false alarms (ground truth)", f"{false_alarms}/{benign}"),
@@ -71,26 +75,43 @@ def run_demo(settings: Settings, *, frames: int, fps: float, out_dir: str) -> in
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        url = (settings.redis_url.get_secret_value() if settings.redis_url
-               else stack.enter_context(embedded_redis()))
+        url = (
+            settings.redis_url.get_secret_value()
+            if settings.redis_url
+            else stack.enter_context(embedded_redis())
+        )
         namespace = f"demo{int(time.time())}"
         run = settings.model_copy(update={"namespace": namespace})
         keys = Keys(namespace)
-        print(f"scanguard demo: {frames} synthetic frames at {fps:g} fps, Redis {describe_url(url)}, "
-              f"namespace {namespace}; alert artefacts go to {out}/", flush=True)
+        print(
+            f"scanguard demo: {frames} synthetic frames at {fps:g} fps, Redis {describe_url(url)}, "
+            f"namespace {namespace}; alert artefacts go to {out}/",
+            flush=True,
+        )
         worker = build_worker(run, url)
-        print(f"model {worker.model.model_id} on {worker.engine.device}, "
-              f"detect_th={worker.policy.detect_th} reconsider_th={worker.policy.reconsider_th} "
-              f"max_iter={worker.policy.max_iter} fill={worker.policy.fill}", flush=True)
-        producer = Producer(connect(url), keys, scanner_id="demo-lane", fps=fps, count=frames,
-                            max_backlog=settings.producer.max_backlog)
+        print(
+            f"model {worker.model.model_id} on {worker.engine.device}, "
+            f"detect_th={worker.policy.detect_th} reconsider_th={worker.policy.reconsider_th} "
+            f"max_iter={worker.policy.max_iter} fill={worker.policy.fill}",
+            flush=True,
+        )
+        producer = Producer(
+            connect(url),
+            keys,
+            scanner_id="demo-lane",
+            fps=fps,
+            count=frames,
+            max_backlog=settings.producer.max_backlog,
+        )
         source = SyntheticSource("target", seed=int(time.time()) % 10_000)
         feeder = threading.Thread(target=producer.run, args=(source,), name="producer", daemon=True)
         seen: list[DecisionEvent] = []
         stop = threading.Event()
         follower = threading.Thread(
-            target=_follow, args=(EventClient(connect(url), keys), out, frames, seen, stop),
-            name="alerts", daemon=True,
+            target=_follow,
+            args=(EventClient(connect(url), keys), out, frames, seen, stop),
+            name="alerts",
+            daemon=True,
         )
         follower.start()
         started = time.perf_counter()

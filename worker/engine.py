@@ -132,7 +132,11 @@ class ErasingEngine:
             for index, slot in enumerate(self._slots):
                 slot.trace.append(tuple(float(p) for p in probs_host[index]))
                 outcome = decide_after_forward(
-                    probs_host[index], len(slot.trace) - 1, self._threats, model.benign_index, self.policy
+                    probs_host[index],
+                    len(slot.trace) - 1,
+                    self._threats,
+                    model.benign_index,
+                    self.policy,
                 )
                 if outcome is None:
                     keep.append(index)

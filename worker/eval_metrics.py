@@ -36,28 +36,40 @@ def tracing_policy(max_iter: int, fill: float) -> DecisionPolicy:
     A frame can still stop early when a threat probability exceeds 1 − 1e−7 or all fall
     under 1e−12; every policy replayed from the trace would have stopped there too.
     """
-    return DecisionPolicy(detect_th=1 - 1e-7, reconsider_th=1e-12, max_iter=max_iter,
-                          on_exhausted="argmax", fill=fill)
+    return DecisionPolicy(
+        detect_th=1 - 1e-7, reconsider_th=1e-12, max_iter=max_iter, on_exhausted="argmax", fill=fill
+    )
 
 
-def replay(trace: Sequence[Sequence[float]], policy: DecisionPolicy, threat_indices: tuple[int, ...],
-           benign_index: int) -> Decision:
+def replay(
+    trace: Sequence[Sequence[float]],
+    policy: DecisionPolicy,
+    threat_indices: tuple[int, ...],
+    benign_index: int,
+) -> Decision:
     """The decision `policy` reaches on a recorded trace (trace[0] = the original image)."""
     for forward_index, probs in enumerate(trace):
-        outcome = decide_after_forward(np.asarray(probs), forward_index, threat_indices, benign_index, policy)
+        outcome = decide_after_forward(
+            np.asarray(probs), forward_index, threat_indices, benign_index, policy
+        )
         if outcome is not None:
             return Decision(outcome.verdict, outcome.classes, forward_index, forward_index + 1)
-    raise ValueError(f"trace of {len(trace)} forwards ends before the policy decides (max_iter {policy.max_iter})")
+    raise ValueError(
+        f"trace of {len(trace)} forwards ends before the policy decides (max_iter {policy.max_iter})"
+    )
 
 
-def vanilla_at(probs: Sequence[float], threshold: float, threat_indices: tuple[int, ...]) -> Decision:
+def vanilla_at(
+    probs: Sequence[float], threshold: float, threat_indices: tuple[int, ...]
+) -> Decision:
     """Plain classification with a detection threshold: threat classes whose probability exceeds it."""
     hits = tuple(i for i in threat_indices if probs[i] > threshold)
     return Decision(Verdict.THREAT if hits else Verdict.CLEAR, hits, 0, 1)
 
 
-def score(labels: Labels, decisions: Sequence[Decision], label_names: Sequence[str],
-          benign_index: int = 0) -> dict[str, Any]:
+def score(
+    labels: Labels, decisions: Sequence[Decision], label_names: Sequence[str], benign_index: int = 0
+) -> dict[str, Any]:
     """Per-class recall, false-alarm rate, undetermined rates and cost of a set of decisions.
 
     A threat frame of class c counts as detected when the verdict is THREAT and c is among
@@ -82,7 +94,9 @@ def score(labels: Labels, decisions: Sequence[Decision], label_names: Sequence[s
         "any_threat_recall": float(threat[threats].mean()) if threats.any() else float("nan"),
         "false_alarm_rate": float(threat[benign].mean()) if benign.any() else float("nan"),
         "undetermined_benign": float(undetermined[benign].mean()) if benign.any() else float("nan"),
-        "undetermined_threat": float(undetermined[threats].mean()) if threats.any() else float("nan"),
+        "undetermined_threat": float(undetermined[threats].mean())
+        if threats.any()
+        else float("nan"),
         "mean_iterations": float(np.mean([d.iterations for d in decisions])),
         "mean_forwards": float(np.mean([d.forwards for d in decisions])),
     }
@@ -100,27 +114,51 @@ class SweepGrid:
     max_iter: tuple[int, ...] = (1, 2, 3, 4, 5)
 
     def policies(self, fill: float, on_exhausted: str) -> list[DecisionPolicy]:
-        return [DecisionPolicy(detect_th=d, reconsider_th=r, max_iter=m, on_exhausted=on_exhausted, fill=fill)
-                for d, r, m in itertools.product(self.detect_th, self.reconsider_th, self.max_iter) if r < d]
+        return [
+            DecisionPolicy(
+                detect_th=d, reconsider_th=r, max_iter=m, on_exhausted=on_exhausted, fill=fill
+            )
+            for d, r, m in itertools.product(self.detect_th, self.reconsider_th, self.max_iter)
+            if r < d
+        ]
 
 
-def sweep(labels: Labels, traces: Sequence[Sequence[Sequence[float]]], policies: Sequence[DecisionPolicy],
-          label_names: Sequence[str], benign_index: int = 0) -> list[dict[str, Any]]:
+def sweep(
+    labels: Labels,
+    traces: Sequence[Sequence[Sequence[float]]],
+    policies: Sequence[DecisionPolicy],
+    label_names: Sequence[str],
+    benign_index: int = 0,
+) -> list[dict[str, Any]]:
     """Score every policy by replaying it over the traces."""
     threats = tuple(i for i in range(len(label_names)) if i != benign_index)
     rows = []
     for policy in policies:
         decisions = [replay(t, policy, threats, benign_index) for t in traces]
-        rows.append({"policy": policy_dict(policy), **score(labels, decisions, label_names, benign_index)})
+        rows.append(
+            {"policy": policy_dict(policy), **score(labels, decisions, label_names, benign_index)}
+        )
     return rows
 
 
-def vanilla_curve(labels: Labels, traces: Sequence[Sequence[Sequence[float]]], label_names: Sequence[str],
-                  thresholds: Sequence[float], benign_index: int = 0) -> list[dict[str, Any]]:
+def vanilla_curve(
+    labels: Labels,
+    traces: Sequence[Sequence[Sequence[float]]],
+    label_names: Sequence[str],
+    thresholds: Sequence[float],
+    benign_index: int = 0,
+) -> list[dict[str, Any]]:
     """Plain one-forward classification at each detection threshold (the fair baseline curve)."""
     threats = tuple(i for i in range(len(label_names)) if i != benign_index)
-    return [{"threshold": th, **score(labels, [vanilla_at(t[0], th, threats) for t in traces], label_names,
-                                       benign_index)} for th in thresholds]
+    return [
+        {
+            "threshold": th,
+            **score(
+                labels, [vanilla_at(t[0], th, threats) for t in traces], label_names, benign_index
+            ),
+        }
+        for th in thresholds
+    ]
 
 
 def choose(rows: Sequence[dict[str, Any]], far_limit: float) -> dict[str, Any] | None:
@@ -128,17 +166,30 @@ def choose(rows: Sequence[dict[str, Any]], far_limit: float) -> dict[str, Any] |
     allowed = [r for r in rows if float(r["false_alarm_rate"]) <= far_limit + 1e-12]
     if not allowed:
         return None
-    return max(allowed, key=lambda r: (round(float(r["mean_recall"]), 6), -float(r["mean_forwards"])))
+    return max(
+        allowed, key=lambda r: (round(float(r["mean_recall"]), 6), -float(r["mean_forwards"]))
+    )
 
 
 def policy_dict(policy: DecisionPolicy) -> dict[str, Any]:
-    return {"detect_th": policy.detect_th, "reconsider_th": policy.reconsider_th, "max_iter": policy.max_iter,
-            "on_exhausted": policy.on_exhausted, "fill": policy.fill, "judge_original": policy.judge_original,
-            "head_fusion": policy.head_fusion}
+    return {
+        "detect_th": policy.detect_th,
+        "reconsider_th": policy.reconsider_th,
+        "max_iter": policy.max_iter,
+        "on_exhausted": policy.on_exhausted,
+        "fill": policy.fill,
+        "judge_original": policy.judge_original,
+        "head_fusion": policy.head_fusion,
+    }
 
 
-def calibration_by_step(labels: Labels, traces: Sequence[Sequence[Sequence[float]]], steps: int,
-                        label_names: Sequence[str], benign_index: int = 0) -> list[dict[str, Any]]:
+def calibration_by_step(
+    labels: Labels,
+    traces: Sequence[Sequence[Sequence[float]]],
+    steps: int,
+    label_names: Sequence[str],
+    benign_index: int = 0,
+) -> list[dict[str, Any]]:
     """Per erasing step: how benign frames are called (argmax) and the true class's mean probability.
 
     Frames whose trace stopped before a step are left out of that step.
@@ -155,10 +206,19 @@ def calibration_by_step(labels: Labels, traces: Sequence[Sequence[Sequence[float
         benign = ys == benign_index
         entry: dict[str, Any] = {"step": k, "frames": len(rows)}
         for cls, name in enumerate(label_names):
-            entry[f"benign_called_{name}"] = float((called[benign] == cls).mean()) if benign.any() else float("nan")
-        entry["benign_mean_threat_p"] = float(1 - probs[benign, benign_index].mean()) if benign.any() else float("nan")
-        entry["threat_argmax_correct"] = float((called[~benign] == ys[~benign]).mean()) if (~benign).any() else float("nan")
-        entry["threat_mean_true_p"] = (float(probs[~benign][np.arange((~benign).sum()), ys[~benign]].mean())
-                                       if (~benign).any() else float("nan"))
+            entry[f"benign_called_{name}"] = (
+                float((called[benign] == cls).mean()) if benign.any() else float("nan")
+            )
+        entry["benign_mean_threat_p"] = (
+            float(1 - probs[benign, benign_index].mean()) if benign.any() else float("nan")
+        )
+        entry["threat_argmax_correct"] = (
+            float((called[~benign] == ys[~benign]).mean()) if (~benign).any() else float("nan")
+        )
+        entry["threat_mean_true_p"] = (
+            float(probs[~benign][np.arange((~benign).sum()), ys[~benign]].mean())
+            if (~benign).any()
+            else float("nan")
+        )
         out.append(entry)
     return out

@@ -12,18 +12,39 @@ _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
 _GREY = (200, 200, 200)
 # BGR colours per max_iter for erasing points, and for the baselines.
-_ITER_COLOURS = {1: (230, 160, 60), 2: (60, 180, 230), 3: (60, 170, 60), 4: (200, 80, 200), 5: (40, 40, 220)}
+_ITER_COLOURS = {
+    1: (230, 160, 60),
+    2: (60, 180, 230),
+    3: (60, 170, 60),
+    4: (200, 80, 200),
+    5: (40, 40, 220),
+}
 _VANILLA = (90, 90, 90)
 _CHOSEN = (0, 0, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45, colour=_BLACK, thick: int = 1) -> None:
+def _text(
+    img: np.ndarray,
+    text: str,
+    org: tuple[int, int],
+    scale: float = 0.45,
+    colour=_BLACK,
+    thick: int = 1,
+) -> None:
     cv2.putText(img, text, org, _FONT, scale, colour, thick, cv2.LINE_AA)
 
 
-def _panel(img: np.ndarray, box: tuple[int, int, int, int], title: str, sweep_rows: Sequence[dict],
-           vanilla_rows: Sequence[dict], argmax_point: dict, chosen: dict | None, far_max: float) -> None:
+def _panel(
+    img: np.ndarray,
+    box: tuple[int, int, int, int],
+    title: str,
+    sweep_rows: Sequence[dict],
+    vanilla_rows: Sequence[dict],
+    argmax_point: dict,
+    chosen: dict | None,
+    far_max: float,
+) -> None:
     x0, y0, x1, y1 = box
     left, bottom = x0 + 60, y1 - 45
     right, top = x1 - 15, y0 + 35
@@ -49,7 +70,9 @@ def _panel(img: np.ndarray, box: tuple[int, int, int, int], title: str, sweep_ro
 
     for row in sweep_rows:
         colour = _ITER_COLOURS.get(int(row["policy"]["max_iter"]), _BLACK)
-        cv2.circle(img, to_px(row["false_alarm_rate"], row["mean_recall"]), 3, colour, -1, cv2.LINE_AA)
+        cv2.circle(
+            img, to_px(row["false_alarm_rate"], row["mean_recall"]), 3, colour, -1, cv2.LINE_AA
+        )
     curve = sorted(vanilla_rows, key=lambda r: r["false_alarm_rate"])
     pts = np.array([to_px(r["false_alarm_rate"], r["mean_recall"]) for r in curve], np.int32)
     cv2.polylines(img, [pts], False, _VANILLA, 2, cv2.LINE_AA)
@@ -69,11 +92,28 @@ def sweep_plot(path: Path, panels: Sequence[dict]) -> None:
     """
     width, height = max(620 * len(panels), 1300), 560
     img = np.full((height, width, 3), 255, np.uint8)
-    far_max = max(0.05, min(1.0, 1.1 * max(
-        max(float(r["false_alarm_rate"]) for r in [*p["sweep"], *p["vanilla"], p["argmax"]]) for p in panels)))
+    far_max = max(
+        0.05,
+        min(
+            1.0,
+            1.1
+            * max(
+                max(float(r["false_alarm_rate"]) for r in [*p["sweep"], *p["vanilla"], p["argmax"]])
+                for p in panels
+            ),
+        ),
+    )
     for i, panel in enumerate(panels):
-        _panel(img, (620 * i, 0, 620 * (i + 1), height - 60), panel["title"], panel["sweep"], panel["vanilla"],
-               panel["argmax"], panel.get("chosen"), far_max)
+        _panel(
+            img,
+            (620 * i, 0, 620 * (i + 1), height - 60),
+            panel["title"],
+            panel["sweep"],
+            panel["vanilla"],
+            panel["argmax"],
+            panel.get("chosen"),
+            far_max,
+        )
     y = height - 22
     x = 20
     for k, colour in _ITER_COLOURS.items():
@@ -114,8 +154,10 @@ def montage(path: Path, rows: Sequence[dict], labels: Sequence[str], scale: int 
         for col, (image, probs) in enumerate(zip(row["images"], row["probs"], strict=True)):
             x = pad + col * (tile_w + pad)
             big = cv2.resize(image, (tile_w, tile_h), interpolation=cv2.INTER_NEAREST)
-            img[y:y + tile_h, x:x + tile_w] = cv2.cvtColor(big, cv2.COLOR_RGB2BGR)
-            _text(img, "original" if col == 0 else f"step {col}", (x + 4, y + 14), 0.45, (0, 0, 160))
+            img[y : y + tile_h, x : x + tile_w] = cv2.cvtColor(big, cv2.COLOR_RGB2BGR)
+            _text(
+                img, "original" if col == 0 else f"step {col}", (x + 4, y + 14), 0.45, (0, 0, 160)
+            )
             for k, name in enumerate(labels):
                 _text(img, f"P({name}) = {probs[k]:.3f}", (x + 4, y + tile_h + 16 + 18 * k), 0.45)
         y += tile_h + text_h + pad

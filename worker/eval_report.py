@@ -11,14 +11,23 @@ def _pct(value: object) -> str:
 
 
 def _policy_text(policy: dict) -> str:
-    return (f"detect_th {policy['detect_th']:g}, reconsider_th {policy['reconsider_th']:g}, max_iter "
-            f"{policy['max_iter']}, fill {policy['fill']:g}, on_exhausted {policy['on_exhausted']}")
+    return (
+        f"detect_th {policy['detect_th']:g}, reconsider_th {policy['reconsider_th']:g}, max_iter "
+        f"{policy['max_iter']}, fill {policy['fill']:g}, on_exhausted {policy['on_exhausted']}"
+    )
 
 
 def _metrics_table(result: dict, labels: list[str]) -> list[str]:
     threat_names = [name for name in labels if name in result["vanilla"]["recall"]]
-    head = ["method", *[f"{n} recall %" for n in threat_names], "mean recall %", "false alarms %",
-            "undetermined % (benign / threat)", "mean iterations", "mean forwards"]
+    head = [
+        "method",
+        *[f"{n} recall %" for n in threat_names],
+        "mean recall %",
+        "false alarms %",
+        "undetermined % (benign / threat)",
+        "mean iterations",
+        "mean forwards",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     tuned = result["vanilla_tuned"]
     seed = result["seed_defaults"]
@@ -29,21 +38,36 @@ def _metrics_table(result: dict, labels: list[str]) -> list[str]:
         (f"iterative erasing, seed thresholds ({_policy_text(seed['policy'])})", seed),
     ]
     for name, m in rows:
-        cells = [name, *[_pct(m["recall"][n]) for n in threat_names], _pct(m["mean_recall"]),
-                 _pct(m["false_alarm_rate"]), f"{_pct(m['undetermined_benign'])} / {_pct(m['undetermined_threat'])}",
-                 f"{m['mean_iterations']:.2f}", f"{m['mean_forwards']:.2f}"]
+        cells = [
+            name,
+            *[_pct(m["recall"][n]) for n in threat_names],
+            _pct(m["mean_recall"]),
+            _pct(m["false_alarm_rate"]),
+            f"{_pct(m['undetermined_benign'])} / {_pct(m['undetermined_threat'])}",
+            f"{m['mean_iterations']:.2f}",
+            f"{m['mean_forwards']:.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def _calibration_table(rows: list[dict], labels: list[str]) -> list[str]:
-    head = ["erasing step", *[f"benign called {n} %" for n in labels], "benign mean P(threat)",
-            "threat frames argmax correct %", "threat frames mean P(true class)"]
+    head = [
+        "erasing step",
+        *[f"benign called {n} %" for n in labels],
+        "benign mean P(threat)",
+        "threat frames argmax correct %",
+        "threat frames mean P(true class)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        cells = [str(row["step"]), *[_pct(row[f"benign_called_{n}"]) for n in labels],
-                 f"{row['benign_mean_threat_p']:.3f}", _pct(row["threat_argmax_correct"]),
-                 f"{row['threat_mean_true_p']:.3f}"]
+        cells = [
+            str(row["step"]),
+            *[_pct(row[f"benign_called_{n}"]) for n in labels],
+            f"{row['benign_mean_threat_p']:.3f}",
+            _pct(row["threat_argmax_correct"]),
+            f"{row['threat_mean_true_p']:.3f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -93,9 +117,13 @@ def write_report(path: Path, report: dict) -> None:
             f"{result['seconds']['vanilla']:.1f} s, erasing {result['seconds']['erasing']:.1f} s.",
             "",
         ]
-    out += ["## Calibration on erased images (validation set, attention-driven erasing)", "",
-            "How the model calls frames after each erasing step when nothing stops the iteration, for every fill "
-            "tried. A model that treats darkness as metal calls benign frames *gun* after a few dark-fill steps.", ""]
+    out += [
+        "## Calibration on erased images (validation set, attention-driven erasing)",
+        "",
+        "How the model calls frames after each erasing step when nothing stops the iteration, for every fill "
+        "tried. A model that treats darkness as metal calls benign frames *gun* after a few dark-fill steps.",
+        "",
+    ]
     for fill, info in val["per_fill"].items():
         out += [f"Fill {fill}:", "", *_calibration_table(info["calibration_by_step"], labels), ""]
     out += [
@@ -108,8 +136,12 @@ def write_report(path: Path, report: dict) -> None:
         "",
         "## Synthetic scanner speed",
         "",
-        "Frames per second on one core, 512×384 frames: " + (", ".join(
-            f"{d} {v:.0f}" for d, v in report["generator_frames_per_s_one_core"].items()) or "not measured") + ".",
+        "Frames per second on one core, 512×384 frames: "
+        + (
+            ", ".join(f"{d} {v:.0f}" for d, v in report["generator_frames_per_s_one_core"].items())
+            or "not measured"
+        )
+        + ".",
         "",
     ]
     path.write_text("\n".join(out))

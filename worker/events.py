@@ -64,8 +64,12 @@ def render(
     if result.verdict.value == "threat":
         expires = decided_at + timedelta(seconds=artefact_ttl_s)
         rows, cols = frame.original.shape[:2]
-        masked = encode_image(erased_image(frame.original, result.erase_mask, policy.fill), quality=jpeg_quality)
-        heatmap = encode_image(heatmap_overlay(frame.original, result.mask_grid), quality=jpeg_quality)
+        masked = encode_image(
+            erased_image(frame.original, result.erase_mask, policy.fill), quality=jpeg_quality
+        )
+        heatmap = encode_image(
+            heatmap_overlay(frame.original, result.mask_grid), quality=jpeg_quality
+        )
         for kind, data in (("masked", masked), ("heatmap", heatmap)):
             artefacts.append(
                 ArtefactRef(

@@ -86,11 +86,12 @@ def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
         raise DecodeError(f"image header declares {width}x{height} pixels")
     if width * height > max_pixels:
         raise DecodeError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
         raise DecodeError(f"{content_type} bytes are corrupt or truncated")
+    image = np.asarray(decoded)
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = (image // 256).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise DecodeError(f"unsupported sample type {image.dtype}")
     if image.ndim == 2:

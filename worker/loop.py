@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from pathlib import Path
+from typing import Any
 
 import redis
 import structlog
@@ -30,8 +30,8 @@ from shared.settings import Settings
 from worker.decision import DecisionPolicy
 from worker.engine import EngineInput, ErasingEngine
 from worker.events import InFlight, Rendered, render
-from worker.intake import IntakeLimits, Rejected, decode_entry
 from worker.health import default_worker_id, health_file
+from worker.intake import IntakeLimits, Rejected, decode_entry
 from worker.metrics import WorkerMetrics
 from worker.model import LoadedModel
 from worker.publish import Publisher, PublishStatus
@@ -60,7 +60,10 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.policy = DecisionPolicy.from_settings(settings.erasing, model.fill)
         self.engine = ErasingEngine(
-            model, self.policy, max_batch=settings.model.max_batch, precision=settings.model.precision
+            model,
+            self.policy,
+            max_batch=settings.model.max_batch,
+            precision=settings.model.precision,
         )
         self.publisher = Publisher(
             client,
@@ -95,11 +98,15 @@ class Worker:
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._signals += 1
         if self._signals == 1:
-            self.log.info("warm_shutdown", signal=signal.Signals(signum).name, in_flight=self._in_flight())
+            self.log.info(
+                "warm_shutdown", signal=signal.Signals(signum).name, in_flight=self._in_flight()
+            )
             self.request_stop()
         else:
             # Frames still pending here are reclaimed by other workers after claim_idle_ms.
-            self.log.warning("cold_shutdown", signal=signal.Signals(signum).name, in_flight=self._in_flight())
+            self.log.warning(
+                "cold_shutdown", signal=signal.Signals(signum).name, in_flight=self._in_flight()
+            )
             os._exit(1)
 
     def _install_signals(self) -> None:
@@ -117,8 +124,13 @@ class Worker:
         self._install_signals()
         self.metrics.serve(self.settings.worker.metrics_port)
         backoff = Backoff(0.05, self.settings.worker.reconnect_max_s)
-        self.log.info("worker_started", model=self.model.model_id, device=str(self.engine.device),
-                      max_batch=self.engine.max_batch, group=self.settings.worker.group)
+        self.log.info(
+            "worker_started",
+            model=self.model.model_id,
+            device=str(self.engine.device),
+            max_batch=self.engine.max_batch,
+            group=self.settings.worker.group,
+        )
         reason = "stopped"
         try:
             while True:
@@ -135,7 +147,9 @@ class Worker:
                 except _REDIS_DOWN as exc:
                     delay = backoff.next_delay()
                     self.metrics.reconnects.inc()
-                    self.log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 3))
+                    self.log.warning(
+                        "redis_unavailable", error=str(exc), retry_in_s=round(delay, 3)
+                    )
                     self._touch_health()
                     time.sleep(delay)
                     continue
@@ -184,14 +198,18 @@ class Worker:
             "active": self.engine.active,
             "at": utc_now().isoformat(),
         }
-        self.client.set(self.keys.worker(self.id), json.dumps(beat), ex=self.settings.worker.heartbeat_ttl_s)
+        self.client.set(
+            self.keys.worker(self.id), json.dumps(beat), ex=self.settings.worker.heartbeat_ttl_s
+        )
         backlog = self.client.xlen(self.keys.frames)
         self.metrics.backlog.set(backlog)
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
         try:
-            self.client.xgroup_create(self.keys.frames, self.settings.worker.group, id="0", mkstream=True)
+            self.client.xgroup_create(
+                self.keys.frames, self.settings.worker.group, id="0", mkstream=True
+            )
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -212,7 +230,7 @@ class Worker:
             return None
         idle = self._in_flight() == 0
         try:
-            reply = self.client.xreadgroup(
+            reply: Any = self.client.xreadgroup(
                 self.settings.worker.group,
                 self.id,
                 {self.keys.frames: ">"},
@@ -225,14 +243,16 @@ class Worker:
             self.log.warning("group_missing", stream=self.keys.frames)
             self.ensure_group()
             return None
-        entries = reply[0][1] if reply else []
+        entries: list[Any] = reply[0][1] if reply else []
         for raw_id, raw in entries:
             entry_id = raw_id.decode()
             self._owned.add(entry_id)
             self._submit_decode(entry_id, raw, deliveries=1)
         return len(entries)
 
-    def _submit_decode(self, entry_id: str, raw: dict[bytes, bytes] | None, deliveries: int) -> None:
+    def _submit_decode(
+        self, entry_id: str, raw: dict[bytes, bytes] | None, deliveries: int
+    ) -> None:
         self._decoding.append(self._pool.submit(self._decode, entry_id, raw or {}, deliveries))
 
     def _decode(
@@ -271,12 +291,21 @@ class Worker:
             frame = self._in_engine.pop(str(result.key))
             self._rendering.append(
                 self._pool.submit(
-                    render, frame, result, model=self.model, policy=self.policy, keys=self.keys,
-                    worker_id=self.id, artefact_ttl_s=ws.artefact_ttl_s, jpeg_quality=ws.jpeg_quality,
+                    render,
+                    frame,
+                    result,
+                    model=self.model,
+                    policy=self.policy,
+                    keys=self.keys,
+                    worker_id=self.id,
+                    artefact_ttl_s=ws.artefact_ttl_s,
+                    jpeg_quality=ws.jpeg_quality,
                 )
             )
         if finished:
-            self.log.debug("step_done", active=active, finished=len(finished), step_ms=round(elapsed * 1e3, 2))
+            self.log.debug(
+                "step_done", active=active, finished=len(finished), step_ms=round(elapsed * 1e3, 2)
+            )
 
     def _publish(self) -> None:
         if self._rendering and self.engine.active == 0 and not self._decoding:
@@ -294,7 +323,9 @@ class Worker:
                 self._account(item, status)
                 batch[status.name.lower()] += 1
             self._outbox.popleft()  # only after Redis took it: an outage keeps it queued
-            self._owned.discard(item.entry_id if isinstance(item, Rejected) else item.event.entry_id)
+            self._owned.discard(
+                item.entry_id if isinstance(item, Rejected) else item.event.entry_id
+            )
         if any(batch.values()):
             self.log.info("batch_done", active=self.engine.active, **batch)
 
@@ -306,8 +337,13 @@ class Worker:
             self.metrics.iterations.observe(event.iterations)
             self.metrics.latency_seconds.observe(event.latency_ms / 1000.0)
             if event.decision == "threat":
-                self.log.info("threat_alert", frame_id=event.frame_id, scanner_id=event.scanner_id,
-                              classes=[d.label for d in event.detections], iterations=event.iterations)
+                self.log.info(
+                    "threat_alert",
+                    frame_id=event.frame_id,
+                    scanner_id=event.scanner_id,
+                    classes=[d.label for d in event.detections],
+                    iterations=event.iterations,
+                )
         elif status is PublishStatus.DISCARDED:
             self.metrics.discarded.inc()
             self.log.warning("publish_discarded", frame_id=event.frame_id, entry_id=event.entry_id)
@@ -332,7 +368,9 @@ class Worker:
         if self.publisher.dead_letter(letter, item.raw):
             self.dead += 1
             self.metrics.dead.labels(item.reason.split(":")[0][:40]).inc()
-            self.log.warning("frame_dead", entry_id=item.entry_id, frame_id=frame_id, reason=item.reason)
+            self.log.warning(
+                "frame_dead", entry_id=item.entry_id, frame_id=frame_id, reason=item.reason
+            )
 
     # -- reclaiming stale entries --------------------------------------------------
 
@@ -347,8 +385,12 @@ class Worker:
         count = self._slots_to_fill()
         if count <= 0:
             return
-        stale = self.client.xpending_range(
-            self.keys.frames, ws.group, min="-", max="+", count=count + len(self._owned),
+        stale: Any = self.client.xpending_range(
+            self.keys.frames,
+            ws.group,
+            min="-",
+            max="+",
+            count=count + len(self._owned),
             idle=ws.claim_idle_ms,
         )
         candidates = {
@@ -359,7 +401,9 @@ class Worker:
         if not candidates:
             return
         ids = list(candidates)[:count]
-        claimed = self.client.xclaim(self.keys.frames, ws.group, self.id, ws.claim_idle_ms, ids)
+        claimed: Any = self.client.xclaim(
+            self.keys.frames, ws.group, self.id, ws.claim_idle_ms, ids
+        )
         for raw_id, raw in claimed:
             entry_id = raw_id.decode()
             deliveries = candidates[entry_id] + 1  # XCLAIM counted one more delivery
@@ -367,7 +411,9 @@ class Worker:
             self.log.info("frame_reclaimed", entry_id=entry_id, deliveries=deliveries)
             self._owned.add(entry_id)
             if not raw:
-                self._outbox.append(Rejected(entry_id, {}, "entry was deleted before it was decided", deliveries))
+                self._outbox.append(
+                    Rejected(entry_id, {}, "entry was deleted before it was decided", deliveries)
+                )
             elif deliveries > ws.max_deliveries:
                 reason = f"delivered {deliveries} times without a decision (max_deliveries={ws.max_deliveries})"
                 self._outbox.append(Rejected(entry_id, raw, reason, deliveries))

@@ -89,7 +89,7 @@ def check_vit(module: nn.Module) -> None:
             f"model pools with global_pool={module.global_pool!r}: the [class] token does not "
             "carry the prediction, so its attention is not the model's evidence; use 'token'"
         )
-    for index, block in enumerate(module.blocks):  # type: ignore[union-attr, arg-type]
+    for index, block in enumerate(module.blocks):  # type: ignore[arg-type]
         attn = getattr(block, "attn", None)
         if attn is None or not hasattr(attn, "attn_drop") or not hasattr(attn, "fused_attn"):
             raise ModelLoadError(f"block {index} has no timm Attention module to read weights from")
@@ -133,8 +133,8 @@ def from_module(
         input_hw=(int(rows), int(cols)),
         grid_hw=(grid[0], grid[1]),
         num_prefix_tokens=int(module.num_prefix_tokens),  # type: ignore[arg-type]
-        mean=tuple(mean or data_cfg["mean"]),  # type: ignore[arg-type]
-        std=tuple(std or data_cfg["std"]),  # type: ignore[arg-type]
+        mean=tuple(mean or data_cfg["mean"]),
+        std=tuple(std or data_cfg["std"]),
         fill=fill,
         model_id=model_id or getattr(module, "default_cfg", {}).get("architecture", "vit"),
         checksum=checksum,
@@ -199,7 +199,9 @@ def load_model(card_path: Path | str, device: torch.device | str = "cpu") -> Loa
         raise ModelLoadError(f"checkpoint {ckpt} named by {card_path} does not exist")
     checksum = sha256_file(ckpt)
     if card.sha256 is not None and card.sha256 != checksum:
-        raise ModelLoadError(f"checkpoint {ckpt} has sha256 {checksum}, the card says {card.sha256}")
+        raise ModelLoadError(
+            f"checkpoint {ckpt} has sha256 {checksum}, the card says {card.sha256}"
+        )
     kwargs = dict(card.timm_kwargs)
     kwargs["num_classes"] = len(card.labels)
     if card.input_size is not None:

@@ -89,7 +89,12 @@ class Publisher:
 
     def dead_letter(self, letter: DeadLetter, fields: dict[bytes, bytes]) -> bool:
         """Move the frame to the dead-letter stream with its reason; False if already acked."""
-        args: list[bytes | str | int] = [self.group, letter.entry_id, letter.to_json(), self.stream_maxlen]
+        args: list[bytes | str | int] = [
+            self.group,
+            letter.entry_id,
+            letter.to_json(),
+            self.stream_maxlen,
+        ]
         for name, value in fields.items():
             args.extend((name, value))
         return bool(self._dead(keys=[self.keys.frames, self.keys.dead], args=args))

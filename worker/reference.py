@@ -9,6 +9,7 @@ attention hooks, so the engine can be checked against it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,7 +34,7 @@ def vit_attention_forward(model: LoadedModel, image: np.ndarray) -> tuple[np.nda
     Returns:
         probabilities (C,) and attention (L, heads, N, N), as the seed's encoder returns them.
     """
-    vit = model.module
+    vit: Any = model.module  # timm's VisionTransformer; its submodules are used by name
     mean = np.asarray(model.mean, dtype=np.float32)
     std = np.asarray(model.std, dtype=np.float32)
     chw = ((image - mean) / std).transpose(2, 0, 1)[None].astype(np.float32)
@@ -60,10 +61,13 @@ def vit_attention_forward(model: LoadedModel, image: np.ndarray) -> tuple[np.nda
 
 
 def numpy_rollout_mask(
-    attention: np.ndarray, num_prefix_tokens: int, grid_hw: tuple[int, int], head_fusion: str = "mean"
+    attention: np.ndarray,
+    num_prefix_tokens: int,
+    grid_hw: tuple[int, int],
+    head_fusion: str = "mean",
 ) -> np.ndarray:
     """The seed's rollout: fuse heads, add I, renormalise, multiply all layers, take [class]."""
-    fuse = {"mean": np.mean, "max": np.max, "min": np.min}[head_fusion]
+    fuse: Any = {"mean": np.mean, "max": np.max, "min": np.min}[head_fusion]
     att = fuse(attention.astype(np.float64), axis=1)  # (L, N, N)
     aug = att + np.eye(att.shape[-1])
     aug = aug / aug.sum(axis=-1, keepdims=True)
@@ -82,7 +86,9 @@ def erase(image: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
     return (image * full + (1.0 - full) * fill).astype(np.float32)
 
 
-def reference_predict(model: LoadedModel, pixels: np.ndarray, policy: DecisionPolicy) -> ReferenceResult:
+def reference_predict(
+    model: LoadedModel, pixels: np.ndarray, policy: DecisionPolicy
+) -> ReferenceResult:
     """The seed's iterative erasing on one RGB uint8 image at the model's input size."""
     threats = list(model.threat_indices)
     x = pixels.astype(np.float32) / 255.0
@@ -112,7 +118,9 @@ def reference_predict(model: LoadedModel, pixels: np.ndarray, policy: DecisionPo
     for iteration in range(1, policy.max_iter + 1):
         forwards += 1
         _, attention = vit_attention_forward(model, x)
-        mask = numpy_rollout_mask(attention, model.num_prefix_tokens, model.grid_hw, policy.head_fusion)
+        mask = numpy_rollout_mask(
+            attention, model.num_prefix_tokens, model.grid_hw, policy.head_fusion
+        )
         x = erase(x, mask, policy.fill)
         probs = classify(x)
         decided = rules(probs)
@@ -121,11 +129,15 @@ def reference_predict(model: LoadedModel, pixels: np.ndarray, policy: DecisionPo
 
     if probs is None:
         probs = classify(x)
+    classes: tuple[int, ...] = ()
     if policy.on_exhausted == "clear":
-        verdict, classes = Verdict.CLEAR, ()
+        verdict = Verdict.CLEAR
     elif policy.on_exhausted == "argmax":
         top = int(np.argmax(probs))
-        verdict, classes = (Verdict.CLEAR, ()) if top == model.benign_index else (Verdict.THREAT, (top,))
+        if top == model.benign_index:
+            verdict = Verdict.CLEAR
+        else:
+            verdict, classes = Verdict.THREAT, (top,)
     else:
-        verdict, classes = Verdict.UNDETERMINED, ()
+        verdict = Verdict.UNDETERMINED
     return ReferenceResult(verdict, classes, policy.max_iter, forwards, tuple(trace))

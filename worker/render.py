@@ -27,6 +27,6 @@ def erased_image(original: np.ndarray, erase_mask: np.ndarray, fill: float) -> n
 def heatmap_overlay(original: np.ndarray, mask_grid: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The [class] token's attention as a JET colour map blended over the frame."""
     weight = _resize_to(mask_grid, original.shape[:2])
-    heat = cv2.applyColorMap(np.uint8(np.clip(weight, 0.0, 1.0) * 255.0), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap((np.clip(weight, 0.0, 1.0) * 255.0).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return cv2.addWeighted(original, 1.0 - alpha, heat, alpha, 0.0)

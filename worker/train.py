@@ -36,15 +36,30 @@ MAX_CHECKPOINT_BYTES = 12 * 1024 * 1024
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("models/scanguard-demo"), help="folder for the checkpoint and card")
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.train", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models/scanguard-demo"),
+        help="folder for the checkpoint and card",
+    )
     parser.add_argument("--name", default="scanguard-demo", help="model id written in the card")
-    parser.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
-    parser.add_argument("--train-seed", type=int, default=1, help="scanner seed of the training frames")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation"
+    )
+    parser.add_argument(
+        "--train-seed", type=int, default=1, help="scanner seed of the training frames"
+    )
     parser.add_argument("--train-per-class", type=int, default=6600)
-    parser.add_argument("--val-seed", type=int, default=2, help="scanner seed of the source validation frames")
+    parser.add_argument(
+        "--val-seed", type=int, default=2, help="scanner seed of the source validation frames"
+    )
     parser.add_argument("--val-per-class", type=int, default=200)
-    parser.add_argument("--input-size", type=int, nargs=2, default=(128, 160), metavar=("ROWS", "COLS"))
+    parser.add_argument(
+        "--input-size", type=int, nargs=2, default=(128, 160), metavar=("ROWS", "COLS")
+    )
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--embed-dim", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
@@ -54,15 +69,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-steps", type=int, default=300)
-    parser.add_argument("--erase-prob", type=float, default=0.6, help="share of samples given 1-3 erasing steps")
-    parser.add_argument("--fill", type=float, default=1.0, help="erasing fill used in training and written in the card")
-    parser.add_argument("--alt-fill", type=float, default=0.0, help="a second fill some erased samples get")
+    parser.add_argument(
+        "--erase-prob", type=float, default=0.6, help="share of samples given 1-3 erasing steps"
+    )
+    parser.add_argument(
+        "--fill",
+        type=float,
+        default=1.0,
+        help="erasing fill used in training and written in the card",
+    )
+    parser.add_argument(
+        "--alt-fill", type=float, default=0.0, help="a second fill some erased samples get"
+    )
     parser.add_argument("--alt-fill-prob", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="continue from this .safetensors checkpoint (its card.json, if beside it, is recorded)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/scanguard-cache"),
-                        help="where generated frame sets are kept between runs")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue from this .safetensors checkpoint (its card.json, if beside it, is recorded)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("/tmp/scanguard-cache"),
+        help="where generated frame sets are kept between runs",
+    )
     return parser.parse_args(argv)
 
 
@@ -97,8 +129,13 @@ class Trainer:
         self.order_rng = np.random.default_rng(args.seed)
         decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
         rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                      {"params": rest, "weight_decay": 0.0}], lr=args.lr)
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": args.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=args.lr,
+        )
         self.steps_per_epoch = len(train) // args.batch
         self.total_steps = self.steps_per_epoch * args.epochs
         self.step_count = 0
@@ -116,7 +153,9 @@ class Trainer:
         labels = torch.from_numpy(frames.labels[rows])
         return images, masks, labels
 
-    def augment(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def augment(
+        self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         """Random flips, then 0-3 erasing steps sparing the object (or dense benign matter)."""
         batch = len(labels)
         args = self.args
@@ -139,7 +178,7 @@ class Trainer:
         seen = correct = 0
         loss_sum = 0.0
         for step in range(self.steps_per_epoch):
-            rows = np.sort(order[step * self.args.batch:(step + 1) * self.args.batch])
+            rows = np.sort(order[step * self.args.batch : (step + 1) * self.args.batch])
             images, masks, labels = self.batch_tensors(rows, self.train)
             images = self.augment(images, masks, labels)
             for group in self.opt.param_groups:
@@ -155,9 +194,11 @@ class Trainer:
             correct += int((logits.argmax(1) == labels).sum())
             loss_sum += loss.item() * len(labels)
             if (step + 1) % 50 == 0 or step + 1 == self.steps_per_epoch:
-                print(f"epoch {number} step {step + 1}/{self.steps_per_epoch} loss {loss_sum / seen:.4f} "
-                      f"acc {correct / seen:.4f} lr {self._lr():.2e} elapsed {time.monotonic() - started:.0f}s",
-                      flush=True)
+                print(
+                    f"epoch {number} step {step + 1}/{self.steps_per_epoch} loss {loss_sum / seen:.4f} "
+                    f"acc {correct / seen:.4f} lr {self._lr():.2e} elapsed {time.monotonic() - started:.0f}s",
+                    flush=True,
+                )
                 seen = correct = 0
                 loss_sum = 0.0
 
@@ -173,13 +214,21 @@ class Trainer:
             images, masks, labels = self.batch_tensors(rows, frames)
             if steps:
                 keep_at = spare_points(images, masks, labels, gen)
-                images = erase_augment(images, keep_at, torch.full((len(rows),), steps), torch.full((len(rows),), fill),
-                                       self.grid_hw, gen)
+                images = erase_augment(
+                    images,
+                    keep_at,
+                    torch.full((len(rows),), steps),
+                    torch.full((len(rows),), fill),
+                    self.grid_hw,
+                    gen,
+                )
             probs = torch.softmax(self.model((images - self.mean) / self.std), dim=-1)
             correct += int((probs.argmax(1) == labels).sum())
             benign_threat_p.append(probs[labels == 0, 1:].sum(1))
-        return {"accuracy": correct / len(frames),
-                "benign_mean_threat_p": float(torch.cat(benign_threat_p).mean())}
+        return {
+            "accuracy": correct / len(frames),
+            "benign_mean_threat_p": float(torch.cat(benign_threat_p).mean()),
+        }
 
 
 def load_initial(model: nn.Module, checkpoint: Path) -> dict[str, Any]:
@@ -194,13 +243,17 @@ def load_initial(model: nn.Module, checkpoint: Path) -> dict[str, Any]:
     return record
 
 
-def write_outputs(args: argparse.Namespace, model: nn.Module, kwargs: dict[str, Any], training: dict[str, Any]) -> Path:
+def write_outputs(
+    args: argparse.Namespace, model: nn.Module, kwargs: dict[str, Any], training: dict[str, Any]
+) -> Path:
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "model.safetensors"
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(ckpt), metadata={"format": "pt"})
     if ckpt.stat().st_size > MAX_CHECKPOINT_BYTES:
-        raise SystemExit(f"checkpoint is {ckpt.stat().st_size} bytes, over the {MAX_CHECKPOINT_BYTES} limit; shrink the model")
+        raise SystemExit(
+            f"checkpoint is {ckpt.stat().st_size} bytes, over the {MAX_CHECKPOINT_BYTES} limit; shrink the model"
+        )
     cfg = resolve_data_config({}, model=model)
     card = {
         "name": args.name,
@@ -229,28 +282,53 @@ def main(argv: list[str] | None = None) -> int:
     input_hw = tuple(args.input_size)
     train = cached_set(args.cache_dir, "source", args.train_seed, args.train_per_class, input_hw)
     val = cached_set(args.cache_dir, "source", args.val_seed, args.val_per_class, input_hw)
-    print(f"data ready: {len(train)} training, {len(val)} validation frames, {time.monotonic() - started:.0f}s", flush=True)
+    print(
+        f"data ready: {len(train)} training, {len(val)} validation frames, {time.monotonic() - started:.0f}s",
+        flush=True,
+    )
     model, kwargs = build_model(args)
     previous = load_initial(model, args.init_from) if args.init_from is not None else None
     trainer = Trainer(args, model, train)
     history = []
     for epoch in range(1, args.epochs + 1):
         trainer.epoch(epoch, started)
-        scores = {f"erased{k}_fill{f:g}": trainer.validate(val, k, f)
-                  for k, f in [(0, args.fill), (3, args.fill), (3, args.alt_fill)]}
+        scores = {
+            f"erased{k}_fill{f:g}": trainer.validate(val, k, f)
+            for k, f in [(0, args.fill), (3, args.fill), (3, args.alt_fill)]
+        }
         history.append({"epoch": epoch, **scores})
         print(f"validation epoch {epoch}: {json.dumps(scores)}", flush=True)
     wall = time.monotonic() - started
     training: dict[str, Any] = {
         "command": "python -m worker.train " + shlex.join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
-        "data": {"generator": "producer.synthetic.SyntheticScanner", "domain": "source",
-                 "train_seed": args.train_seed, "train_frames": len(train), "val_seed": args.val_seed,
-                 "val_frames": len(val), "frame_size": list(DEFAULT_SIZE), "resize": "cv2 INTER_AREA"},
-        "augmentation": {"flips": "horizontal, vertical", "erase_prob": args.erase_prob, "erase_steps": "1-3",
-                         "fill": args.fill, "alt_fill": args.alt_fill, "alt_fill_prob": args.alt_fill_prob},
-        "optimiser": {"name": "AdamW", "lr": args.lr, "weight_decay": args.weight_decay, "batch": args.batch,
-                      "epochs": args.epochs, "warmup_steps": args.warmup_steps, "schedule": "cosine"},
+        "data": {
+            "generator": "producer.synthetic.SyntheticScanner",
+            "domain": "source",
+            "train_seed": args.train_seed,
+            "train_frames": len(train),
+            "val_seed": args.val_seed,
+            "val_frames": len(val),
+            "frame_size": list(DEFAULT_SIZE),
+            "resize": "cv2 INTER_AREA",
+        },
+        "augmentation": {
+            "flips": "horizontal, vertical",
+            "erase_prob": args.erase_prob,
+            "erase_steps": "1-3",
+            "fill": args.fill,
+            "alt_fill": args.alt_fill,
+            "alt_fill_prob": args.alt_fill_prob,
+        },
+        "optimiser": {
+            "name": "AdamW",
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "batch": args.batch,
+            "epochs": args.epochs,
+            "warmup_steps": args.warmup_steps,
+            "schedule": "cosine",
+        },
         "threads": args.threads,
         "torch": torch.__version__,
         "timm": timm.__version__,
@@ -259,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     if previous is not None:
         training["init_from"] = previous
-        training["total_wall_time_s"] = round(wall + float(previous.get("training", {}).get("wall_time_s", 0.0)), 1)
+        training["total_wall_time_s"] = round(
+            wall + float(previous.get("training", {}).get("wall_time_s", 0.0)), 1
+        )
     card_path = write_outputs(args, model, kwargs, training)
     print(f"wrote {card_path} after {wall:.0f}s", flush=True)
     return 0

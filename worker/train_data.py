@@ -42,8 +42,14 @@ def to_model_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA)
 
 
-def generate_set(domain: str, seed: int, per_class: int, input_hw: tuple[int, int],
-                 frame_size: tuple[int, int] = DEFAULT_SIZE, start: int = 0) -> FrameSet:
+def generate_set(
+    domain: str,
+    seed: int,
+    per_class: int,
+    input_hw: tuple[int, int],
+    frame_size: tuple[int, int] = DEFAULT_SIZE,
+    start: int = 0,
+) -> FrameSet:
     """`per_class` frames of each class (scanner indices start .. start + 3·per_class − 1)."""
     scanner = SyntheticScanner(domain, seed=seed, size=frame_size)
     count = 3 * per_class
@@ -54,14 +60,22 @@ def generate_set(domain: str, seed: int, per_class: int, input_hw: tuple[int, in
     for out, index in enumerate(range(start, start + count)):
         frame = scanner.frame(index)
         images[out] = to_model_input(frame.image, input_hw)
-        small = cv2.resize(frame.mask.astype(np.uint8) * 255, (cols, rows), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            frame.mask.astype(np.uint8) * 255, (cols, rows), interpolation=cv2.INTER_AREA
+        )
         masks[out] = small > 32
         labels[out] = frame.label
     return FrameSet(images, labels, masks, domain, seed, np.arange(start, start + count))
 
 
-def cached_set(cache_dir: Path | None, domain: str, seed: int, per_class: int,
-               input_hw: tuple[int, int], frame_size: tuple[int, int] = DEFAULT_SIZE) -> FrameSet:
+def cached_set(
+    cache_dir: Path | None,
+    domain: str,
+    seed: int,
+    per_class: int,
+    input_hw: tuple[int, int],
+    frame_size: tuple[int, int] = DEFAULT_SIZE,
+) -> FrameSet:
     """`generate_set`, kept as an .npz under `cache_dir` (None: no cache) keyed by its arguments."""
     if cache_dir is None:
         return generate_set(domain, seed, per_class, input_hw, frame_size)
@@ -69,17 +83,22 @@ def cached_set(cache_dir: Path | None, domain: str, seed: int, per_class: int,
     path = Path(cache_dir) / f"{domain}-{seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if path.is_file():
         data = np.load(path)
-        return FrameSet(data["images"], data["labels"], data["masks"], domain, seed, data["indices"])
+        return FrameSet(
+            data["images"], data["labels"], data["masks"], domain, seed, data["indices"]
+        )
     frames = generate_set(domain, seed, per_class, input_hw, frame_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, images=frames.images, labels=frames.labels, masks=frames.masks, indices=frames.indices)
+    np.savez(
+        tmp, images=frames.images, labels=frames.labels, masks=frames.masks, indices=frames.indices
+    )
     tmp.replace(path)
     return frames
 
 
-def spare_points(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-                 gen: torch.Generator) -> torch.Tensor:
+def spare_points(
+    images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """A point per image (row, col in pixels) that the erasing augmentation keeps.
 
     Threat images keep a random pixel of the threat; benign images keep a pixel drawn
@@ -92,8 +111,14 @@ def spare_points(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
     return torch.stack([flat // cols, flat % cols], dim=-1).float()
 
 
-def erase_augment(images: torch.Tensor, keep_at: torch.Tensor, steps: torch.Tensor, fills: torch.Tensor,
-                  grid_hw: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+def erase_augment(
+    images: torch.Tensor,
+    keep_at: torch.Tensor,
+    steps: torch.Tensor,
+    fills: torch.Tensor,
+    grid_hw: tuple[int, int],
+    gen: torch.Generator,
+) -> torch.Tensor:
     """Apply up to three cumulative smooth erasing steps that spare a region, like the engine does.
 
     Each step draws a patch-grid mask in (0, 1] (random floor, smoothed, a Gaussian bump of
