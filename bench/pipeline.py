@@ -22,12 +22,13 @@ import numpy as np
 from producer.producer import Producer
 from producer.sources import SourceFrame
 from producer.synthetic import SyntheticScanner
+from shared.images import encode_image
 from shared.keys import Keys
 from shared.logs import configure_logging
 from shared.redis_conn import connect, embedded_redis
 from shared.settings import Settings, load_settings
 from worker.engine import EngineInput, ErasingEngine
-from worker.imageio import decode_image, encode_image, to_model_input
+from worker.imageio import decode_image, to_model_input
 from worker.loop import Worker
 from worker.model import load_model, resolve_device
 

@@ -13,8 +13,9 @@ import numpy as np
 import redis
 import structlog
 
-from producer.sources import SourceFrame, encode_image
+from producer.sources import SourceFrame
 from shared.backoff import Backoff
+from shared.images import encode_image
 from shared.keys import Keys, check_id
 from shared.schemas import CONTENT_TYPES, FrameFields, utc_now
 

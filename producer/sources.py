@@ -11,12 +11,11 @@ import cv2
 import numpy as np
 import structlog
 
+from shared.images import JPEG, encode_bgr, sniff_content_type
+
 log = structlog.get_logger(__name__)
 
-JPEG = "image/jpeg"
-PNG = "image/png"
 # Files whose bytes already are what the wire carries (DESIGN §4 allows JPEG and PNG).
-_MAGIC = ((b"\xff\xd8\xff", JPEG), (b"\x89PNG\r\n\x1a\n", PNG))
 # Other formats OpenCV decodes; they are re-encoded to JPEG.
 _CONVERTIBLE = frozenset(
     {
@@ -53,34 +52,6 @@ class FrameSource(Protocol):
     """Anything that yields frames; iteration ends when the source is exhausted."""
 
     def __iter__(self) -> Iterator[SourceFrame]: ...
-
-
-def encode_image(rgb: np.ndarray, content_type: str = JPEG, jpeg_quality: int = 90) -> bytes:
-    """Encode an (H, W, 3) uint8 RGB array as JPEG or PNG bytes."""
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    return _encode_bgr(bgr, content_type, jpeg_quality)
-
-
-def _encode_bgr(bgr: np.ndarray, content_type: str, jpeg_quality: int) -> bytes:
-    if content_type == JPEG:
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    elif content_type == PNG:
-        ok, buf = cv2.imencode(".png", bgr)
-    else:
-        raise ValueError(f"cannot encode to {content_type!r}; use {JPEG} or {PNG}")
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {bgr.shape} image to {content_type}")
-    return buf.tobytes()
-
-
-def sniff_content_type(data: bytes) -> str | None:
-    """JPEG or PNG by magic bytes; None for anything else."""
-    for magic, content_type in _MAGIC:
-        if data.startswith(magic):
-            return content_type
-    return None
 
 
 class DirectorySource:
@@ -134,7 +105,7 @@ class DirectorySource:
         if bgr is None:
             log.warning("file_skipped", path=str(path), reason="OpenCV could not decode it")
             return None
-        return SourceFrame(_encode_bgr(bgr, JPEG, self.jpeg_quality), JPEG, meta)
+        return SourceFrame(encode_bgr(bgr, JPEG, self.jpeg_quality), JPEG, meta)
 
 
 class VideoSource:
@@ -164,7 +135,7 @@ class VideoSource:
                     return
                 meta = {"source": "video", "target": str(self.target), "position": position}
                 position += 1
-                yield SourceFrame(_encode_bgr(bgr, JPEG, self.jpeg_quality), JPEG, meta)
+                yield SourceFrame(encode_bgr(bgr, JPEG, self.jpeg_quality), JPEG, meta)
         finally:
             capture.release()
 

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from shared.images import encode_image
 from shared.keys import Keys
 from shared.schemas import (
     ArtefactRef,
@@ -20,7 +21,6 @@ from shared.schemas import (
 )
 from worker.decision import DecisionPolicy
 from worker.engine import FrameResult
-from worker.imageio import encode_image
 from worker.model import LoadedModel
 from worker.render import erased_image, heatmap_overlay
 

@@ -1,4 +1,4 @@
-"""Frame bytes in, artefact bytes out: guarded decoding, resizing and encoding."""
+"""Frame bytes in: guarded decoding (size checked before any pixel is read) and resizing."""
 
 from __future__ import annotations
 
@@ -7,22 +7,14 @@ import struct
 import cv2
 import numpy as np
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+from shared.images import sniff_content_type
+
 # JPEG start-of-frame markers that carry the image size (all SOFn except DHT/JPG/DAC).
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 class DecodeError(ValueError):
     """Bytes that are not a usable image; the message is the dead-letter reason."""
-
-
-def sniff_content_type(data: bytes) -> str | None:
-    if data.startswith(_PNG_MAGIC):
-        return "image/png"
-    if data.startswith(_JPEG_MAGIC):
-        return "image/jpeg"
-    return None
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -111,17 +103,3 @@ def to_model_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     shrink = image.shape[0] > rows or image.shape[1] > cols
     interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     return cv2.resize(image, (cols, rows), interpolation=interpolation)
-
-
-def encode_image(image: np.ndarray, content_type: str = "image/jpeg", quality: int = 85) -> bytes:
-    """Encode an RGB uint8 image as JPEG or PNG bytes."""
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    if content_type == "image/jpeg":
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    elif content_type == "image/png":
-        ok, buf = cv2.imencode(".png", bgr)
-    else:
-        raise ValueError(f"cannot encode {content_type}; use image/jpeg or image/png")
-    if not ok:
-        raise RuntimeError(f"OpenCV failed to encode a {image.shape} image as {content_type}")
-    return buf.tobytes()
