@@ -55,7 +55,10 @@ def fields(
 BAD_FRAMES = {
     "truncated JPEG": (fields(JPEG[: len(JPEG) // 2]), "JPEG is truncated"),
     "truncated PNG": (fields(PNG[: len(PNG) // 2], "image/png"), "PNG is truncated"),
-    "corrupt JPEG body": (fields(JPEG[:4] + bytes(range(256)) * 8), "JPEG"),
+    "corrupt JPEG body": (
+        fields(JPEG[:4] + bytes(range(256)) * 8 + JPEG[-2:]),
+        "JPEG marker expected",
+    ),
     "corrupt PNG body": (fields(PNG[:33] + b"\x00" * 300 + PNG[-12:], "image/png"), "corrupt"),
     "zero bytes": (fields(b""), "empty"),
     "not an image": (fields(b"%PDF-1.7 this is not a picture at all"), "neither PNG nor JPEG"),
@@ -65,14 +68,14 @@ BAD_FRAMES = {
     ),
     "decompression bomb": (fields(bomb_png(), "image/png"), "pixel limit"),
     "oversized payload": (fields(JPEG + b"\x00" * (300 * 1024)), "byte limit"),
-    "missing frame_id": (fields(JPEG, frame_id=None), "frame_id"),
+    "missing frame_id": (fields(JPEG, frame_id=None), "frame_id: Field required"),
     "missing image": (
         {k: v for k, v in fields(JPEG).items() if k != "image"},
         "missing field 'image'",
     ),
     "malformed captured_at": (fields(JPEG, captured_at="yesterday"), "captured_at"),
     "meta not JSON": (fields(JPEG, meta="{oops"), "meta"),
-    "unsafe frame id": (fields(JPEG, frame_id="a b\nc"), "frame_id"),
+    "unsafe frame id": (fields(JPEG, frame_id="a b\nc"), "may only hold letters"),
     "unknown content type": (fields(JPEG, content_type="image/gif"), "content_type"),
     "unknown schema version": (fields(JPEG, schema="scanguard.frame/9"), "unknown frame schema"),
 }

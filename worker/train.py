@@ -15,6 +15,7 @@ import json
 import math
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        default=Path("/tmp/scanguard-cache"),
+        default=Path(tempfile.gettempdir()) / "scanguard-cache",
         help="where generated frame sets are kept between runs",
     )
     return parser.parse_args(argv)
