@@ -16,8 +16,10 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from producer.producer import Producer
 from producer.sources import SourceFrame
@@ -98,8 +100,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--card", default=None, help="model card (default: the settings' model)")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help="torch threads for both runs (on a CPU host, leave cores for decode and render)",
+    )
     args = parser.parse_args(argv)
     configure_logging("json", "warning")
+    if args.cpu_threads:
+        torch.set_num_threads(args.cpu_threads)
 
     overrides: dict[str, object] = {"worker": {"metrics_port": 0}}
     if args.card:
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     latency = np.array([e["latency_ms"] for e in events])
     forwards = np.mean([e["forward_passes"] for e in events])
     print(
-        f"model={base.model.card} device={base.model.device} max_batch={base.model.max_batch} frames={len(jpegs)}"
+        f"model={Path(base.model.card).parent.name} device={base.model.device} "
+        f"max_batch={base.model.max_batch} frames={len(jpegs)} torch_threads={torch.get_num_threads()}"
     )
     print(f"{'':<28}{'frames/s':>10}")
     print(f"{'engine alone':<28}{engine_fps:>10.2f}")

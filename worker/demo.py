@@ -1,7 +1,7 @@
 """`python -m worker demo`: the whole line on one machine, with the embedded Redis.
 
-A producer thread feeds synthetic target-domain scanner frames at a steady rate, a
-worker decides them in this process, a follower prints alerts as they arrive and
+A producer thread feeds synthetic scanner frames (the source domain the demo model
+was trained on) at a steady rate, a worker decides them in this process, a follower prints alerts as they arrive and
 saves their artefacts, and a summary table closes the run.
 """
 
@@ -103,7 +103,7 @@ def run_demo(settings: Settings, *, frames: int, fps: float, out_dir: str) -> in
             count=frames,
             max_backlog=settings.producer.max_backlog,
         )
-        source = SyntheticSource("target", seed=int(time.time()) % 10_000)
+        source = SyntheticSource("source", seed=int(time.time()) % 10_000)
         feeder = threading.Thread(target=producer.run, args=(source,), name="producer", daemon=True)
         seen: list[DecisionEvent] = []
         stop = threading.Event()

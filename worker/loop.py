@@ -137,6 +137,9 @@ class Worker:
                 if self._stop.is_set() and self._in_flight() == 0:
                     reason = "drained"
                     break
+                # Asked before reading: a feeder that finishes after an empty read may
+                # still have added a frame, which the next pass must pick up.
+                upstream_done = until is None or until()
                 try:
                     self._maintain()
                     read = self._read()
@@ -153,7 +156,7 @@ class Worker:
                     self._touch_health()
                     time.sleep(delay)
                     continue
-                if burst and read == 0 and self._in_flight() == 0 and (until is None or until()):
+                if burst and upstream_done and read == 0 and self._in_flight() == 0:
                     reason = "burst_done"
                     break
         finally:
