@@ -88,7 +88,7 @@ def test_sigkill_mid_batch_is_recovered_by_another_worker(
         keys,
         sent,
         reliability,
-        f"worker SIGKILL during {point}",
+        f"worker SIGKILL {'between steps' if point == 'between' else 'during ' + point}",
         f"the {reclaimed} frames it held are reclaimed and decided once",
     )
 
