@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-SCHEMES = ("redis", "rediss", "unix")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+SENTINEL_PORT = 26379
 # Query parameters a URL may carry. The ssl_* ones configure TLS for rediss://, e.g.
 # rediss://user:pw@host:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required
 URL_OPTIONS = frozenset(
@@ -52,7 +53,10 @@ def connect(url: str | None = None, **kw: Any) -> redis.Redis:
 
     Args:
         url: redis://, rediss:// (TLS options in the query) or unix:// URL;
-            None means a local server on the default port.
+            None means a local server on the default port. For failover with Sentinel,
+            redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]:
+            the client asks the sentinels for SERVICE's current master on every
+            (re)connect, so a worker follows a failover through its usual back-off.
         **kw: redis-py connection options that win over the defaults here,
             e.g. `socket_timeout` for clients that block longer on reads.
 
@@ -73,7 +77,39 @@ def connect(url: str | None = None, **kw: Any) -> redis.Redis:
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True  # TCP only; unix sockets reject the option
     options.update(kw)
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_master(url, options)
     return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
+    """A client for the master a set of sentinels names (see `connect`)."""
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    auth, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = auth.partition(":")
+    nodes = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        nodes.append((name, int(port) if port else SENTINEL_PORT))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a redis+sentinel:// URL must name the service: .../SERVICE[/db]")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    db = int(path[1]) if len(path) > 1 else int(query.pop("db", 0))
+    for key in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
+        if key in query:
+            options[key] = float(query.pop(key))
+    options.update(query)
+    sentinel = Sentinel(
+        nodes,
+        socket_timeout=options.get("socket_connect_timeout", 5.0),
+        sentinel_kwargs={"socket_timeout": options.get("socket_connect_timeout", 5.0)},
+    )
+    return sentinel.master_for(
+        path[0], db=db, username=username or None, password=password or None, **options
+    )
 
 
 def check_url(url: str) -> str:
@@ -81,7 +117,8 @@ def check_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
         raise ValueError(
-            f"Redis URL must start with redis://, rediss:// or unix://, not {url.split(':')[0]}://"
+            "Redis URL must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            f"not {url.split(':')[0]}://"
         )
     unknown = sorted(set(parse_qs(parts.query)) - URL_OPTIONS)
     if unknown:

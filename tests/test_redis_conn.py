@@ -6,11 +6,12 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
-from redis_procs import free_port
+from redis_procs import find_binary, free_port
 
 from producer.producer import Producer
 from producer.sources import SourceFrame
@@ -125,3 +126,50 @@ def test_backoff_grows_to_its_cap_and_resets():
     assert backoff.cap() == 0.1
     with pytest.raises(ValueError):
         Backoff(1.0, 0.5)
+
+
+@pytest.fixture
+def sentinel_url(redis_factory, tmp_path):
+    """A redis-server master watched by one real sentinel; yields a redis+sentinel:// URL."""
+    master = redis_factory()
+    if not master.controllable:
+        pytest.skip("needs a redis-server this test starts")
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor lane-a 127.0.0.1 {master.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        [find_binary("path"), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        sentinel = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if sentinel.sentinel_get_master_addr_by_name("lane-a"):
+                    break
+            except redis.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("sentinel did not come up")
+            time.sleep(0.05)
+        yield f"redis+sentinel://127.0.0.1:{port}/lane-a/0", master
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.redis
+def test_sentinel_url_reaches_the_master(sentinel_url):
+    """A redis+sentinel:// URL gives a client on the master the sentinel names."""
+    url, master = sentinel_url
+    client = connect(url)
+    client.xadd("{t}:frames", {"k": "v"})
+    assert master.client().xlen("{t}:frames") == 1
+    assert check_url(url) == url
+    with pytest.raises(ValueError, match="must name the service"):
+        connect("redis+sentinel://127.0.0.1:1/")
