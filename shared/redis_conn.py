@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 SENTINEL_PORT = 26379
 # Query parameters a URL may carry. The ssl_* ones configure TLS for rediss://, e.g.
 # rediss://user:pw@host:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required
@@ -57,6 +57,8 @@ def connect(url: str | None = None, **kw: Any) -> redis.Redis:
             redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]:
             the client asks the sentinels for SERVICE's current master on every
             (re)connect, so a worker follows a failover through its usual back-off.
+            For Redis Cluster, redis+cluster://host:port[,host:port...]: every key of a
+            namespace carries its `{ns}` hash tag, so each script stays on one slot.
         **kw: redis-py connection options that win over the defaults here,
             e.g. `socket_timeout` for clients that block longer on reads.
 
@@ -79,7 +81,35 @@ def connect(url: str | None = None, **kw: Any) -> redis.Redis:
     options.update(kw)
     if url.startswith("redis+sentinel://"):
         return _sentinel_master(url, options)
+    if url.startswith("redis+cluster://"):
+        return _cluster(url, options)
     return redis.Redis.from_url(url, **options)
+
+
+def _nodes(netloc: str, default_port: int) -> tuple[str, str, list[tuple[str, int]]]:
+    """(username, password, [(host, port), ...]) from `user:pw@h1:p1,h2:p2`."""
+    auth, _, hosts = netloc.rpartition("@")
+    username, _, password = auth.partition(":")
+    nodes = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        nodes.append((name, int(port) if port else default_port))
+    return username, password, nodes
+
+
+def _cluster(url: str, options: dict[str, Any]) -> Any:
+    """A Redis Cluster client (see `connect`)."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    parts = urlsplit(url)
+    username, password, nodes = _nodes(parts.netloc, 6379)
+    options = {k: v for k, v in options.items() if k not in ("retry", "retry_on_timeout")}
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        username=username or None,
+        password=password or None,
+        **options,
+    )
 
 
 def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
@@ -87,12 +117,7 @@ def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
     from redis.sentinel import Sentinel
 
     parts = urlsplit(url)
-    auth, _, hosts = parts.netloc.rpartition("@")
-    username, _, password = auth.partition(":")
-    nodes = []
-    for host in hosts.split(","):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        nodes.append((name, int(port) if port else SENTINEL_PORT))
+    username, password, nodes = _nodes(parts.netloc, SENTINEL_PORT)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError("a redis+sentinel:// URL must name the service: .../SERVICE[/db]")

@@ -196,9 +196,11 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(
-            ("redis://", "rediss://", "unix://", "redis+sentinel://")
+            ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
         ):
-            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            )
         return value
 
 

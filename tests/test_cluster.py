@@ -1,0 +1,124 @@
+"""Redis Cluster: a namespace's keys share one slot, so the whole line runs on a cluster."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+import redis
+from pipeline_fixtures import ERASING_ENV, events
+from redis_procs import free_port
+
+from producer.producer import Producer
+from producer.sources import SyntheticSource
+from shared.keys import Keys
+from shared.redis_conn import connect
+from shared.settings import load_settings
+from worker.loop import Worker
+from worker.model import load_model
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def cluster_url(tmp_path):
+    """Three real redis-server primaries joined into a cluster; yields a redis+cluster:// URL."""
+    if not shutil.which("redis-server") or not shutil.which("redis-cli"):
+        pytest.skip("needs redis-server and redis-cli on PATH")
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for port in ports:
+        folder = tmp_path / str(port)
+        folder.mkdir()
+        procs.append(
+            subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    str(folder / "nodes.conf"),
+                    "--dir",
+                    str(folder),
+                    "--save",
+                    "",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for port in ports:
+            _wait(lambda port=port: redis.Redis(port=port, socket_timeout=1).ping())
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        _wait(
+            lambda: all(redis.Redis(port=p).cluster("info")["cluster_state"] == "ok" for p in ports)
+        )
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(condition, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if condition():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("cluster did not come up")
+        time.sleep(0.05)
+
+
+def test_producer_and_worker_run_on_a_cluster(cluster_url, tiny_card, monkeypatch, tmp_path):
+    """Frames produced into a cluster are all decided there, with alerts and nothing pending."""
+    for name, value in {**ERASING_ENV, "SCANGUARD_WORKER__HEALTH_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
+    keys = Keys("lane-c")
+    settings = load_settings(
+        redis_url=cluster_url,
+        namespace=keys.namespace,
+        model={"card": tiny_card, "max_batch": 8},
+        worker={"metrics_port": 0},
+    )
+    client = connect(cluster_url)
+    summary = Producer(connect(cluster_url), keys, "lane-c", count=12).run(
+        SyntheticSource("source", seed=3, size=(96, 64))
+    )
+    worker = Worker(settings, client, load_model(tiny_card))
+    worker.ensure_group()
+
+    worker.run(burst=True)
+
+    results = events(client, keys.results)
+    assert summary.sent == 12 and len(results) == 12
+    assert len({e["frame_id"] for e in results}) == 12
+    assert client.xlen(keys.frames) == 0
+    assert client.xpending(keys.frames, "workers")["pending"] == 0
+    threats = [e for e in results if e["decision"] == "threat"]
+    assert len(events(client, keys.alerts)) == len(threats)
+    for alert in threats:
+        assert all(client.get(ref["key"]) for ref in alert["artefacts"])
