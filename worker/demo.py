@@ -1,8 +1,9 @@
 """`python -m worker demo`: the whole line on one machine, with the embedded Redis.
 
 A producer thread feeds synthetic scanner frames (the source domain the demo model
-was trained on) at a steady rate, a worker decides them in this process, a follower prints alerts as they arrive and
-saves their artefacts, and a summary table closes the run.
+was trained on) at a steady rate, a worker decides them in this process, a follower
+prints alerts as they arrive and saves their artefacts, and a summary table closes
+the run.
 """
 
 from __future__ import annotations
