@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -40,6 +41,35 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+CLUSTER_BUS_OFFSET = 10000
+MAX_CLUSTER_PORT = 65535 - CLUSTER_BUS_OFFSET
+
+
+def free_cluster_port(taken: set[int] | None = None) -> int:
+    """A free port for a cluster node: its bus port (port + 10000) must be free and valid too.
+
+    Kernel-chosen ports run up to 60999 here, and redis-server refuses a cluster
+    port above 55535, so the port is drawn from a fixed range instead.
+    """
+    taken = taken or set()
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, MAX_CLUSTER_PORT)
+        if port in taken or not _bindable(port) or not _bindable(port + CLUSTER_BUS_OFFSET):
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass

@@ -5,11 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import redis
 from pipeline_fixtures import ERASING_ENV, events
-from redis_procs import free_port
+from redis_procs import free_cluster_port
 
 from producer.producer import Producer
 from producer.sources import SyntheticSource
@@ -27,11 +28,15 @@ def cluster_url(tmp_path):
     """Three real redis-server primaries joined into a cluster; yields a redis+cluster:// URL."""
     if not shutil.which("redis-server") or not shutil.which("redis-cli"):
         pytest.skip("needs redis-server and redis-cli on PATH")
-    ports = [free_port() for _ in range(3)]
-    procs = []
+    ports: list[int] = []
+    for _ in range(3):
+        ports.append(free_cluster_port(set(ports)))
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = []
     for port in ports:
         folder = tmp_path / str(port)
         folder.mkdir()
+        logs.append(open(folder / "redis.log", "wb"))  # noqa: SIM115 - closed below
         procs.append(
             subprocess.Popen(
                 [
@@ -49,13 +54,17 @@ def cluster_url(tmp_path):
                     "--save",
                     "",
                 ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=logs[-1],
+                stderr=subprocess.STDOUT,
             )
         )
     try:
-        for port in ports:
-            _wait(lambda port=port: redis.Redis(port=port, socket_timeout=1).ping())
+        for port, proc in zip(ports, procs, strict=True):
+            _wait(
+                lambda port=port: redis.Redis(port=port, socket_timeout=1).ping(),
+                proc,
+                tmp_path / str(port) / "redis.log",
+            )
         subprocess.run(
             [
                 "redis-cli",
@@ -78,9 +87,16 @@ def cluster_url(tmp_path):
         for proc in procs:
             proc.kill()
             proc.wait()
+        for log in logs:
+            log.close()
 
 
-def _wait(condition, timeout_s: float = 15.0) -> None:
+def _wait(
+    condition,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+    timeout_s: float = 15.0,
+) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -88,6 +104,9 @@ def _wait(condition, timeout_s: float = 15.0) -> None:
                 return
         except redis.RedisError:
             pass
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-400:] if log else ""
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: {tail}")
         if time.monotonic() > deadline:
             raise RuntimeError("cluster did not come up")
         time.sleep(0.05)
