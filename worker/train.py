@@ -2,7 +2,7 @@
 
     python -m worker.train --out models/scanguard-demo
 
-Trains from scratch on one CPU thread. Besides clean frames, the model sees frames after
+Trains from scratch on the CPU. Besides clean frames, the model sees frames after
 zero to three erasing steps that spare the object (or, on benign frames, some dense
 clutter), so its probabilities stay meaningful on the images iterative erasing makes.
 Writes `model.safetensors` and `card.json` (worker.model.ModelCard) into `--out`.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 import tempfile
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-seed", type=int, default=1, help="scanner seed of the training frames"
     )
-    parser.add_argument("--train-per-class", type=int, default=6600)
+    parser.add_argument("--train-per-class", type=int, default=7000)
     parser.add_argument(
         "--val-seed", type=int, default=2, help="scanner seed of the source validation frames"
     )
@@ -61,15 +62,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--input-size", type=int, nargs=2, default=(128, 160), metavar=("ROWS", "COLS")
     )
+    parser.add_argument(
+        "--timm-name",
+        default=TIMM_NAME,
+        help="timm ViT to build (with a [class] token); the size flags below override its own",
+    )
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--embed-dim", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--patch", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=0.05)
-    parser.add_argument("--warmup-steps", type=int, default=300)
+    parser.add_argument("--warmup-steps", type=int, default=500)
     parser.add_argument(
         "--erase-prob", type=float, default=0.6, help="share of samples given 1-3 erasing steps"
     )
@@ -83,7 +89,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--alt-fill", type=float, default=0.0, help="a second fill some erased samples get"
     )
     parser.add_argument("--alt-fill-prob", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads"
+    )
+    parser.add_argument(
+        "--data-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes that generate the frame sets (the sets do not depend on it)",
+    )
     parser.add_argument(
         "--init-from",
         type=Path,
@@ -110,7 +124,7 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         "global_pool": "token",
         "class_token": True,
     }
-    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=len(LABELS), **kwargs)
+    model = timm.create_model(args.timm_name, pretrained=False, num_classes=len(LABELS), **kwargs)
     return model, kwargs
 
 
@@ -258,7 +272,7 @@ def write_outputs(
     cfg = resolve_data_config({}, model=model)
     card = {
         "name": args.name,
-        "timm_name": TIMM_NAME,
+        "timm_name": args.timm_name,
         "timm_kwargs": kwargs,
         "checkpoint": ckpt.name,
         "sha256": sha256_file(ckpt),
@@ -281,10 +295,25 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     started = time.monotonic()
     input_hw = tuple(args.input_size)
-    train = cached_set(args.cache_dir, "source", args.train_seed, args.train_per_class, input_hw)
-    val = cached_set(args.cache_dir, "source", args.val_seed, args.val_per_class, input_hw)
+    train = cached_set(
+        args.cache_dir,
+        "source",
+        args.train_seed,
+        args.train_per_class,
+        input_hw,
+        workers=args.data_workers,
+    )
+    val = cached_set(
+        args.cache_dir,
+        "source",
+        args.val_seed,
+        args.val_per_class,
+        input_hw,
+        workers=args.data_workers,
+    )
+    data_ready_s = time.monotonic() - started
     print(
-        f"data ready: {len(train)} training, {len(val)} validation frames, {time.monotonic() - started:.0f}s",
+        f"data ready: {len(train)} training, {len(val)} validation frames, {data_ready_s:.0f}s",
         flush=True,
     )
     model, kwargs = build_model(args)
@@ -331,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": "cosine",
         },
         "threads": args.threads,
+        "data_workers": args.data_workers,
+        "data_ready_s": round(data_ready_s, 1),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "wall_time_s": round(wall, 1),

@@ -7,7 +7,10 @@ scanner's frames the same way (area interpolation to the model input).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +52,44 @@ def generate_set(
     input_hw: tuple[int, int],
     frame_size: tuple[int, int] = DEFAULT_SIZE,
     start: int = 0,
+    workers: int = 1,
 ) -> FrameSet:
-    """`per_class` frames of each class (scanner indices start .. start + 3·per_class − 1)."""
-    scanner = SyntheticScanner(domain, seed=seed, size=frame_size)
+    """`per_class` frames of each class (scanner indices start .. start + 3·per_class − 1).
+
+    With `workers` > 1 the index range is split over that many processes; a frame depends
+    only on its index, so the set is the same for any number of workers.
+    """
     count = 3 * per_class
+    if workers > 1 and count >= 2 * workers:
+        bounds = np.linspace(start, start + count, workers + 1).astype(int)
+        jobs = [
+            (domain, seed, input_hw, frame_size, int(lo), int(hi))
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            parts = list(pool.map(_render_range, *zip(*jobs, strict=True)))
+    else:
+        parts = [_render_range(domain, seed, input_hw, frame_size, start, start + count)]
+    images, masks, labels = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+    return FrameSet(images, labels, masks, domain, seed, np.arange(start, start + count))
+
+
+def _render_range(
+    domain: str,
+    seed: int,
+    input_hw: tuple[int, int],
+    frame_size: tuple[int, int],
+    first: int,
+    end: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames first .. end − 1 at the model input: images, threat masks, labels."""
+    cv2.setNumThreads(1)
+    scanner = SyntheticScanner(domain, seed=seed, size=frame_size)
     rows, cols = input_hw
-    images = np.empty((count, rows, cols, 3), np.uint8)
-    masks = np.empty((count, rows, cols), bool)
-    labels = np.empty(count, np.int64)
-    for out, index in enumerate(range(start, start + count)):
+    images = np.empty((end - first, rows, cols, 3), np.uint8)
+    masks = np.empty((end - first, rows, cols), bool)
+    labels = np.empty(end - first, np.int64)
+    for out, index in enumerate(range(first, end)):
         frame = scanner.frame(index)
         images[out] = to_model_input(frame.image, input_hw)
         small = cv2.resize(
@@ -65,7 +97,7 @@ def generate_set(
         )
         masks[out] = small > 32
         labels[out] = frame.label
-    return FrameSet(images, labels, masks, domain, seed, np.arange(start, start + count))
+    return images, masks, labels
 
 
 def cached_set(
@@ -75,10 +107,11 @@ def cached_set(
     per_class: int,
     input_hw: tuple[int, int],
     frame_size: tuple[int, int] = DEFAULT_SIZE,
+    workers: int = 1,
 ) -> FrameSet:
     """`generate_set`, kept as an .npz under `cache_dir` (None: no cache) keyed by its arguments."""
     if cache_dir is None:
-        return generate_set(domain, seed, per_class, input_hw, frame_size)
+        return generate_set(domain, seed, per_class, input_hw, frame_size, workers=workers)
     key = json.dumps([domain, seed, per_class, list(input_hw), list(frame_size)])
     path = Path(cache_dir) / f"{domain}-{seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if path.is_file():
@@ -86,7 +119,7 @@ def cached_set(
         return FrameSet(
             data["images"], data["labels"], data["masks"], domain, seed, data["indices"]
         )
-    frames = generate_set(domain, seed, per_class, input_hw, frame_size)
+    frames = generate_set(domain, seed, per_class, input_hw, frame_size, workers=workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(

@@ -1,0 +1,72 @@
+"""Frame sets for training and evaluation, and the erasing augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from producer.synthetic import SyntheticScanner
+from worker.train_data import cached_set, generate_set, to_model_input
+
+torch = pytest.importorskip("torch")
+
+from worker.train_data import erase_augment, spare_points  # noqa: E402 - needs torch
+
+
+def test_parallel_generation_gives_the_same_set_as_one_process() -> None:
+    """Splitting the index range over processes changes nothing, byte for byte."""
+    one = generate_set("target", seed=9, per_class=4, input_hw=(64, 80), start=5)
+    two = generate_set("target", seed=9, per_class=4, input_hw=(64, 80), start=5, workers=2)
+    assert np.array_equal(one.images, two.images)
+    assert np.array_equal(one.masks, two.masks)
+    assert np.array_equal(one.labels, two.labels)
+    assert one.indices.tolist() == two.indices.tolist() == list(range(5, 17))
+
+
+def test_set_matches_the_scanner_frame_by_frame() -> None:
+    """Entry k is scanner frame start + k, resized; threat masks are empty exactly on benign frames."""
+    frames = generate_set("source", seed=4, per_class=2, input_hw=(64, 80), start=3)
+    scanner = SyntheticScanner("source", seed=4)
+    for k, index in enumerate(frames.indices):
+        frame = scanner.frame(int(index))
+        assert frames.labels[k] == frame.label
+        assert np.array_equal(frames.images[k], to_model_input(frame.image, (64, 80)))
+        assert frames.masks[k].any() == (frame.label != 0)
+
+
+def test_cached_set_reads_back_what_it_wrote(tmp_path) -> None:
+    first = cached_set(tmp_path, "source", 6, 2, (64, 80))
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    second = cached_set(tmp_path, "source", 6, 2, (64, 80))
+    assert np.array_equal(first.images, second.images)
+    assert np.array_equal(first.labels, second.labels)
+
+
+def test_erasing_augmentation_spares_its_point_and_never_brightens_with_dark_fill() -> None:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 64, 80, generator=gen) * 0.8 + 0.1
+    keep_at = torch.tensor([[10.0, 20.0], [40.0, 60.0]] * 3)
+    steps = torch.tensor([0, 1, 2, 3, 3, 1])
+    out = erase_augment(images, keep_at, steps, torch.zeros(6), (4, 5), gen)
+
+    assert torch.equal(out[0], images[0])  # zero steps: untouched
+    assert (out <= images + 1e-6).all()
+    assert (out[1:] < images[1:] - 1e-3).any()
+    kept = out / images  # the share of each pixel that survived
+    for b in range(1, 6):
+        row, col = keep_at[b].long().tolist()
+        # the Gaussian bump sits on the kept point, so it keeps more than the image does on average
+        assert kept[b, :, row, col].min() > 0.5
+        assert kept[b, :, row, col].mean() > kept[b].mean()
+
+
+def test_spare_points_fall_on_the_threat() -> None:
+    gen = torch.Generator().manual_seed(1)
+    images = torch.ones(3, 3, 16, 16)
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[1, 2:4, 5:7] = True
+    masks[2, 10, 12] = True
+    labels = torch.tensor([0, 1, 2])
+    points = spare_points(images, masks, labels, gen).long()
+    for b in (1, 2):
+        assert masks[b, points[b, 0], points[b, 1]]
