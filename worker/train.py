@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-seed", type=int, default=1, help="scanner seed of the training frames"
     )
-    parser.add_argument("--train-per-class", type=int, default=7000)
+    parser.add_argument("--train-per-class", type=int, default=8000)
     parser.add_argument(
         "--val-seed", type=int, default=2, help="scanner seed of the source validation frames"
     )
