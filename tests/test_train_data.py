@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,42 @@ def test_spare_points_fall_on_the_threat() -> None:
     points = spare_points(images, masks, labels, gen).long()
     for b in (1, 2):
         assert masks[b, points[b, 0], points[b, 1]]
+
+
+def test_train_command_writes_a_card_the_worker_loads(tmp_path) -> None:
+    """A tiny bf16 run with a weight average writes a checkpoint that loads strictly and
+    records the recipe; the saved weights are the average, not the last step's."""
+    from safetensors.torch import load_file
+
+    from worker import train
+    from worker.model import load_model
+
+    out = tmp_path / "model"
+    args = ["--out", str(out), "--epochs", "2", "--train-per-class", "22", "--val-per-class", "4"]
+    args += ["--batch", "32", "--warmup-steps", "1", "--ema", "0.5", "--precision", "bf16"]
+    args += ["--threads", "1", "--data-workers", "1", "--cache-dir", str(tmp_path / "cache")]
+    trained: list[train.Trainer] = []
+    original = train.Trainer.epoch
+
+    def keep(self: train.Trainer, number: int, started: float) -> None:
+        if not trained:
+            trained.append(self)
+        original(self, number, started)
+
+    train.Trainer.epoch = keep  # type: ignore[method-assign]
+    try:
+        assert train.main(args) == 0
+    finally:
+        train.Trainer.epoch = original  # type: ignore[method-assign]
+
+    card = json.loads((out / "card.json").read_text())
+    recipe = card["training"]
+    assert recipe["precision"] == "bf16" and recipe["optimiser"]["ema_decay"] == 0.5
+    assert recipe["data"]["train_frames"] == 66 and len(recipe["validation"]) == 2
+    assert recipe["command"].startswith("python -m worker.train --out ")
+    model = load_model(out / "card.json")
+    probs = torch.softmax(model.module(torch.rand(2, 3, *model.input_hw)), dim=-1)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2))
+    saved = load_file(str(out / "model.safetensors"))
+    last_step = trained[0].model.state_dict()
+    assert not torch.equal(saved["head.weight"], last_step["head.weight"].cpu())

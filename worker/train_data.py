@@ -136,11 +136,15 @@ def spare_points(
 
     Threat images keep a random pixel of the threat; benign images keep a pixel drawn
     with weight on dense (dark) matter, which is what a model's attention tends to seize.
+    The draw comes from `gen` (a CPU generator) whatever the tensors' device, so a run
+    makes the same choices on a GPU as on the CPU.
     """
     cols = images.shape[-1]
     darkness = (1.0 - images.mean(dim=1)).clamp_min(0).flatten(1) ** 2 + 1e-6  # (B, H·W)
     weights = torch.where(labels[:, None] > 0, masks.flatten(1).float() + 1e-9, darkness)
-    flat = torch.multinomial(weights, 1, generator=gen)[:, 0]  # (B,)
+    cdf = weights.cumsum(dim=1)
+    target = _uniform(gen, images.device, len(labels), 1) * cdf[:, -1:]
+    flat = torch.searchsorted(cdf, target)[:, 0].clamp_max(cdf.shape[1] - 1)  # (B,)
     return torch.stack([flat // cols, flat % cols], dim=-1).float()
 
 
@@ -156,7 +160,8 @@ def erase_augment(
 
     Each step draws a patch-grid mask in (0, 1] (random floor, smoothed, a Gaussian bump of
     ones around `keep_at`, max-normalised), resizes it bilinearly to the image and erases
-    x ← m·x + (1 − m)·fill, the engine's update.
+    x ← m·x + (1 − m)·fill, the engine's update. Random numbers come from `gen` on the CPU;
+    the pixel work runs on the images' device.
 
     Args:
         images: (B, 3, H, W) pixels in [0, 1].
@@ -164,20 +169,23 @@ def erase_augment(
         steps: (B,) number of steps per image, 0 to 3.
         fills: (B,) value erased pixels tend to.
     """
+    device = images.device
     batch, _, rows, cols = images.shape
     grid_rows, grid_cols = grid_hw
+    steps, fills, keep_at = steps.to(device), fills.to(device), keep_at.to(device)
     out = images.clone()
-    centre = keep_at / torch.tensor([rows / grid_rows, cols / grid_cols]) - 0.5  # grid units
-    gy = torch.arange(grid_rows, dtype=torch.float32).view(1, -1, 1)
-    gx = torch.arange(grid_cols, dtype=torch.float32).view(1, 1, -1)
+    scale = torch.tensor([rows / grid_rows, cols / grid_cols], device=device)
+    centre = keep_at / scale - 0.5  # grid units
+    gy = torch.arange(grid_rows, dtype=torch.float32, device=device).view(1, -1, 1)
+    gx = torch.arange(grid_cols, dtype=torch.float32, device=device).view(1, 1, -1)
     dist2 = (gy - centre[:, 0].view(-1, 1, 1)) ** 2 + (gx - centre[:, 1].view(-1, 1, 1)) ** 2
     for step in range(int(steps.max().item()) if batch else 0):
         active = steps > step
-        floor = torch.rand(batch, 1, 1, 1, generator=gen) * 0.75 + 0.05
-        noise = torch.rand(batch, 1, grid_rows, grid_cols, generator=gen)
+        floor = _uniform(gen, device, batch, 1, 1, 1) * 0.75 + 0.05
+        noise = _uniform(gen, device, batch, 1, grid_rows, grid_cols)
         noise = F.avg_pool2d(noise, 3, stride=1, padding=1, count_include_pad=False)
         base = floor + (1.0 - floor) * noise  # (B, 1, gh, gw)
-        sigma = torch.rand(batch, 1, 1, generator=gen) * 1.5 + 0.8
+        sigma = _uniform(gen, device, batch, 1, 1) * 1.5 + 0.8
         bump = torch.exp(-dist2 / (2 * sigma**2))[:, None]  # (B, 1, gh, gw)
         grid = torch.maximum(base, bump)
         grid = grid / grid.amax(dim=(2, 3), keepdim=True)
@@ -185,3 +193,8 @@ def erase_augment(
         erased = out * mask + (1.0 - mask) * fills.view(-1, 1, 1, 1)
         out = torch.where(active.view(-1, 1, 1, 1), erased, out)
     return out
+
+
+def _uniform(gen: torch.Generator, device: torch.device, *shape: int) -> torch.Tensor:
+    """U[0, 1) numbers drawn from the CPU generator `gen`, placed on `device`."""
+    return torch.rand(shape, generator=gen).to(device)
