@@ -19,10 +19,10 @@ import timm
 import torch
 
 from bench.frames import bench_frames
-from worker.decision import DecisionPolicy
-from worker.engine import EngineInput, ErasingEngine
-from worker.model import LoadedModel, from_module, resolve_device
-from worker.reference import reference_predict
+from worker.engine.decision import DecisionPolicy
+from worker.engine.erasing import EngineInput, ErasingEngine
+from worker.engine.model import LoadedModel, from_module, resolve_device
+from worker.engine.reference import reference_predict
 
 
 def build_model(name: str, device: torch.device, seed: int) -> LoadedModel:

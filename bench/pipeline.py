@@ -29,10 +29,11 @@ from shared.keys import Keys
 from shared.logs import configure_logging
 from shared.redis_conn import connect, embedded_redis
 from shared.settings import Settings, load_settings
-from worker.engine import EngineInput, ErasingEngine
-from worker.imageio import decode_image, to_model_input
-from worker.loop import Worker
-from worker.model import load_model, resolve_device
+from worker.engine.erasing import EngineInput, ErasingEngine
+from worker.engine.model import load_model, resolve_device
+from worker.engine.preprocess import to_model_input
+from worker.service.bootstrap import create_worker
+from worker.service.imageio import decode_image
 
 
 def encoded_frames(count: int, seed: int) -> list[bytes]:
@@ -49,7 +50,7 @@ def as_source(jpegs: list[bytes]) -> Iterator[SourceFrame]:
 def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
     """Frames/s of the engine on already-decoded, already-resized frames."""
     model = load_model(settings.model.card, resolve_device(settings.model.device))
-    from worker.decision import DecisionPolicy
+    from worker.engine.decision import DecisionPolicy
 
     policy = DecisionPolicy.from_settings(settings.erasing, model.fill)
     engine = ErasingEngine(
@@ -71,10 +72,9 @@ def pipeline_run(
     """Producer thread + worker (burst) on a fresh namespace; frames/s and the decision events."""
     keys = Keys(settings.namespace)
     client = connect(url)
-    worker = Worker(
+    worker = create_worker(
         settings, client, load_model(settings.model.card, resolve_device(settings.model.device))
     )
-    worker.ensure_group()
     producer = Producer(connect(url), keys, fps=fps, max_backlog=len(jpegs) + 1)
     thread = threading.Thread(target=producer.run, args=(as_source(jpegs),), daemon=True)
     start = time.perf_counter()

@@ -31,8 +31,8 @@ from shared.keys import Keys
 from shared.logs import configure_logging
 from shared.redis_conn import connect, embedded_redis
 from shared.settings import load_settings
-from worker.loop import Worker
-from worker.model import LoadedModel, from_module
+from worker.engine.model import LoadedModel, from_module
+from worker.service.bootstrap import create_worker
 
 TINY = {"img_size": 64, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}
 
@@ -94,8 +94,7 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
         erasing={"detect_th": 0.6, "reconsider_th": 0.05},
         model={"max_batch": 16},
     )
-    worker = Worker(settings, connect(url), tiny_model(seed))
-    worker.ensure_group()
+    worker = create_worker(settings, connect(url), tiny_model(seed))
 
     memory_before = int(client.info("memory")["used_memory"])
     start = snapshot(client)

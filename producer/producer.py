@@ -18,11 +18,11 @@ from shared.backoff import Backoff
 from shared.images import encode_image
 from shared.keys import Keys, check_id
 from shared.schemas import CONTENT_TYPES, FrameFields, utc_now
+from shared.streams import REDIS_DOWN
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Backpressure = Literal["block", "drop"]
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 # How often a blocked producer re-reads the backlog: short enough to follow the workers.
 BLOCK_POLL_MIN_S = 0.005
 BLOCK_POLL_MAX_S = 0.2

@@ -12,7 +12,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shared.client import EventClient, EventError, Received, StreamName, parse_event
+from shared.client import (
+    EventClient,
+    EventError,
+    Received,
+    StreamName,
+    format_event,
+    parse_event,
+)
 from shared.keys import Keys, check_id
 from shared.logs import configure_logging
 from shared.redis_conn import redis_from_settings
@@ -118,20 +125,6 @@ def since_entry_id(value: str, now: float | None = None) -> str:
         at_ms = int(moment.timestamp() * 1000)
     # XREAD returns entries after this id, so start one millisecond earlier.
     return f"{max(at_ms - 1, 0)}-0"
-
-
-def format_event(received: Received) -> str:
-    """One line per event: when, scanner, decision, classes with probabilities, cost."""
-    event = received.event
-    if event.detections:
-        classes = ", ".join(f"{d.label} {d.probability:.3f}" for d in event.detections)
-    else:
-        classes = "-"
-    return (
-        f"{event.decided_at.isoformat(timespec='milliseconds')}  {event.scanner_id}  "
-        f"{event.decision.upper()}  {classes}  iterations {event.iterations}  "
-        f"latency {event.latency_ms:.0f} ms  frame {event.frame_id}  event {event.event_id}"
-    )
 
 
 def as_json(received: Received, saved: list[Path] | None = None) -> str:

@@ -20,11 +20,11 @@ from pydantic import ValidationError
 from shared.backoff import Backoff
 from shared.keys import Keys
 from shared.schemas import ArtefactRef, DecisionEvent
+from shared.streams import REDIS_DOWN, ensure_group
 
 log = structlog.get_logger(__name__)
 StreamName = Literal["results", "alerts"]
 EXTENSIONS = {"image/jpeg": ".jpg", "image/png": ".png"}
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class EventError(ValueError):
@@ -48,6 +48,20 @@ def parse_event(fields: dict[bytes, bytes]) -> DecisionEvent:
         return DecisionEvent.model_validate_json(raw)
     except ValidationError as exc:
         raise EventError(f"not a decision event: {exc.errors()[0]['msg']}") from None
+
+
+def format_event(received: Received) -> str:
+    """One line per event: when, scanner, decision, classes with probabilities, cost."""
+    event = received.event
+    if event.detections:
+        classes = ", ".join(f"{d.label} {d.probability:.3f}" for d in event.detections)
+    else:
+        classes = "-"
+    return (
+        f"{event.decided_at.isoformat(timespec='milliseconds')}  {event.scanner_id}  "
+        f"{event.decision.upper()}  {classes}  iterations {event.iterations}  "
+        f"latency {event.latency_ms:.0f} ms  frame {event.frame_id}  event {event.event_id}"
+    )
 
 
 class EventClient:
@@ -122,13 +136,7 @@ class EventClient:
         Returns True if it was created now. `start_id` "0" delivers the history too,
         "$" only what comes next.
         """
-        try:
-            self.client.xgroup_create(self.stream(name), group, id=start_id, mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            return False
-        return True
+        return ensure_group(self.client, self.stream(name), group, start_id)
 
     def read_group(
         self,

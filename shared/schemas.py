@@ -13,6 +13,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.keys import check_id
+from shared.vocab import DeadKind, ExhaustedOutcome, HeadFusion, Verdict
 
 DECISION_SCHEMA: Final = "scanguard.decision/1"
 DEAD_SCHEMA: Final = "scanguard.dead/1"
@@ -26,6 +27,10 @@ def utc_now() -> datetime:
 
 class FrameError(ValueError):
     """A frame entry that cannot be processed; the message is the dead-letter reason."""
+
+    def __init__(self, reason: str, kind: DeadKind = DeadKind.BAD_FIELDS) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class FrameFields(BaseModel):
@@ -76,7 +81,9 @@ def parse_frame_fields(
     if len(image) == 0:
         raise FrameError("field 'image' is empty")
     if len(image) > max_bytes:
-        raise FrameError(f"image is {len(image)} bytes, over the {max_bytes}-byte limit")
+        raise FrameError(
+            f"image is {len(image)} bytes, over the {max_bytes}-byte limit", DeadKind.TOO_LARGE
+        )
     try:
         text = {k.decode(): v.decode() for k, v in raw.items() if k != b"image"}
     except UnicodeDecodeError:
@@ -125,9 +132,9 @@ class Thresholds(BaseModel):
     detect_th: float
     reconsider_th: float
     max_iter: int
-    on_exhausted: str
+    on_exhausted: ExhaustedOutcome
     judge_original: bool
-    head_fusion: str
+    head_fusion: HeadFusion
     fill: float
 
 
@@ -151,7 +158,7 @@ class DecisionEvent(BaseModel):
     enqueued_at: datetime | None
     decided_at: datetime
     latency_ms: float  # decided_at - captured_at
-    decision: Literal["clear", "threat", "undetermined"]
+    decision: Verdict
     detections: list[Detection]
     probabilities: dict[str, float]
     trace: list[dict[str, float]]  # per forward; [0] is the original image
@@ -178,6 +185,7 @@ class DeadLetter(BaseModel):
     frame_id: str | None
     scanner_id: str | None
     reason: str
+    kind: DeadKind  # closed set (metric label); `reason` has the details
     deliveries: int
     worker_id: str
     failed_at: datetime

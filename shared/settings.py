@@ -8,13 +8,11 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.vocab import ExhaustedOutcome, HeadFusion, Precision
+
 DEFAULT_MODEL_CARD = (
     Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
 )
-
-ExhaustedOutcome = Literal["undetermined", "clear", "argmax"]
-HeadFusion = Literal["mean", "max", "min"]
-Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class SettingsError(ValueError):

@@ -11,10 +11,10 @@ import pytest
 import timm
 import torch
 
-from worker.decision import DecisionPolicy, Verdict
-from worker.engine import EngineInput, ErasingEngine, FrameResult
-from worker.model import LoadedModel, from_module
-from worker.reference import ReferenceResult, reference_predict
+from worker.engine.decision import DecisionPolicy, Verdict
+from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
+from worker.engine.model import LoadedModel, from_module
+from worker.engine.reference import ReferenceResult, reference_predict
 
 THREE_LABELS = ("benign", "gun", "knife")
 FIVE_LABELS = ("benign", "gun", "knife", "blade", "taser")

@@ -21,7 +21,7 @@ import torch
 
 from shared.logs import configure_logging
 from shared.settings import load_settings
-from worker.cli import build_worker
+from worker.service.bootstrap import build_worker
 
 
 def with_device_time(step: Callable[[], Any], seconds: float) -> Callable[[], Any]:

@@ -15,9 +15,9 @@ from pipeline_fixtures import ERASING_ENV, encode, events, frame_image, push_fra
 
 from shared.keys import Keys
 from shared.settings import load_settings
-from worker.intake import IntakeLimits, Rejected, decode_entry
-from worker.loop import Worker
-from worker.model import load_model
+from worker.engine.model import load_model
+from worker.service.intake import IntakeLimits, Rejected, decode_entry
+from worker.service.loop import Worker
 
 NOW = datetime.now(timezone.utc).isoformat()
 JPEG = encode(frame_image(1))

@@ -17,8 +17,8 @@ from producer.sources import SyntheticSource
 from shared.keys import Keys
 from shared.redis_conn import connect
 from shared.settings import load_settings
-from worker.loop import Worker
-from worker.model import load_model
+from worker.engine.model import load_model
+from worker.service.loop import Worker
 
 pytestmark = pytest.mark.redis
 

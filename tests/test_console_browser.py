@@ -37,8 +37,8 @@ ALL_IMAGES_LOADED = """() => {
 
 def run_worker(server, keys: Keys, tmp_path: Path, monkeypatch) -> None:
     """Push synthetic scanner frames from two lanes and decide them with a real worker (burst)."""
-    from worker.loop import Worker
-    from worker.model import load_model
+    from worker.engine.model import load_model
+    from worker.service.loop import Worker
 
     monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     for name, value in ERASING_ENV.items():

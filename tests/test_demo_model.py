@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from producer.synthetic import LABELS, SyntheticScanner
-from worker.decision import DecisionPolicy, Verdict
-from worker.engine import EngineInput, ErasingEngine
-from worker.model import ModelCard, load_model
-from worker.train_data import to_model_input
+from worker.engine.decision import DecisionPolicy, Verdict
+from worker.engine.erasing import EngineInput, ErasingEngine
+from worker.engine.model import ModelCard, load_model
+from worker.engine.preprocess import to_model_input
 
 CARD = Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
 

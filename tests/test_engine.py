@@ -21,9 +21,9 @@ from engine_fixtures import (
     structured_images,
 )
 
-from worker.decision import DecisionPolicy, Verdict
-from worker.engine import EngineInput, ErasingEngine
-from worker.reference import erase
+from worker.engine.decision import DecisionPolicy, Verdict
+from worker.engine.erasing import EngineInput, ErasingEngine
+from worker.engine.reference import erase
 
 BATCH_ATOL = (
     5e-5  # same frame, different batch: only GEMM blocking differs, amplified by the steep head

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from worker import evaluate
-from worker.decision import DecisionPolicy, Verdict
-from worker.eval_metrics import Decision, choose, replay, score
+from worker.engine.decision import DecisionPolicy, Verdict
+from worker.training.metrics import Decision, choose, replay, score
 
 CARD = Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
 

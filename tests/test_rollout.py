@@ -15,14 +15,14 @@ from engine_fixtures import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.attention import (
+from worker.engine.attention import (
     AttentionRecorder,
     attention_mask,
     forward_with_attention,
     resize_mask,
     rollout_class_row,
 )
-from worker.reference import vit_attention_forward
+from worker.engine.reference import vit_attention_forward
 
 ROLLOUT_ATOL = 1e-6  # same fp32 input maps: only fp32 vs float64 arithmetic differs
 CAPTURE_ATOL = 1e-6  # hook capture vs block-by-block reference forward, same weights

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from producer.synthetic import SyntheticScanner
-from worker.train_data import cached_set, generate_set, to_model_input
+from worker.engine.preprocess import to_model_input
+from worker.training.data import cached_set, generate_set
 
 torch = pytest.importorskip("torch")
 
-from worker.train_data import erase_augment, spare_points  # noqa: E402 - needs torch
+from worker.training.data import erase_augment, spare_points  # noqa: E402 - needs torch
 
 
 def test_parallel_generation_gives_the_same_set_as_one_process() -> None:
@@ -80,7 +81,7 @@ def test_train_command_writes_a_card_the_worker_loads(tmp_path) -> None:
     from safetensors.torch import load_file
 
     from worker import train
-    from worker.model import load_model
+    from worker.engine.model import load_model
 
     out = tmp_path / "model"
     args = ["--out", str(out), "--epochs", "2", "--train-per-class", "22", "--val-per-class", "4"]
@@ -104,7 +105,7 @@ def test_train_command_writes_a_card_the_worker_loads(tmp_path) -> None:
     recipe = card["training"]
     assert recipe["precision"] == "bf16" and recipe["optimiser"]["ema_decay"] == 0.5
     assert recipe["data"]["train_frames"] == 66 and len(recipe["validation"]) == 2
-    assert recipe["command"].startswith("python -m worker.train --out ")
+    assert recipe["command"].startswith("python -m worker.training.train --out ")
     model = load_model(out / "card.json")
     probs = torch.softmax(model.module(torch.rand(2, 3, *model.input_hw)), dim=-1)
     assert torch.allclose(probs.sum(dim=1), torch.ones(2))

@@ -18,8 +18,8 @@ from pipeline_fixtures import ERASING_ENV, events, push_frames
 from shared.keys import Keys
 from shared.schemas import DecisionEvent
 from shared.settings import load_settings
-from worker.loop import Worker
-from worker.model import load_model
+from worker.engine.model import load_model
+from worker.service.loop import Worker
 
 pytestmark = pytest.mark.redis
 

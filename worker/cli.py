@@ -7,17 +7,13 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import structlog
 
 from shared.logs import configure_logging
-from shared.redis_conn import connect, describe_url
+from shared.redis_conn import describe_url
 from shared.settings import Settings, SettingsError, load_settings
-from worker.health import health_file
-
-if TYPE_CHECKING:
-    from worker.loop import Worker
+from worker.service.health import health_file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,27 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-out", help="folder for alert artefacts")
     parser.add_argument("--check", action="store_true", help="same as the check command")
     return parser
-
-
-def build_worker(settings: Settings, url: str) -> Worker:
-    """Load the model and connect: everything a worker needs, or a clear error."""
-    # Imported here: torch loads in seconds, and `check` (a liveness probe) needs none of it.
-    import torch
-
-    from worker.loop import Worker
-    from worker.model import load_model, resolve_device
-
-    if settings.model.cpu_threads:
-        # Several CPU workers on one host must share the cores: torch's default of one
-        # thread per core makes them wait on each other's descheduled threads.
-        torch.set_num_threads(settings.model.cpu_threads)
-    device = resolve_device(settings.model.device)
-    model = load_model(settings.model.card, device)
-    # Reads block up to max_wait_ms; the socket must outlast them.
-    client = connect(url, socket_timeout=max(30.0, settings.worker.max_wait_ms / 1000 + 5))
-    worker = Worker(settings, client, model)
-    worker.ensure_group()
-    return worker
 
 
 def check(settings: Settings, worker_id: str | None) -> int:
@@ -93,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "check":
         return check(settings, getattr(args, "id", None))
     if command == "demo":
-        from worker.demo import run_demo
+        # Imported here: torch loads in seconds, and `check` (a liveness probe) needs none of it.
+        from worker.service.demo import run_demo
 
         return run_demo(settings, frames=args.frames, fps=args.fps, out_dir=args.out)
     if settings.redis_url is None:
@@ -108,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             update={"worker": settings.worker.model_copy(update={"id": args.id})}
         )
     url = settings.redis_url.get_secret_value()  # type: ignore[union-attr]  # checked above
+    from worker.service.bootstrap import build_worker
+
     try:
         worker = build_worker(settings, url)
     except ValueError as exc:  # ModelLoadError and bad URLs are ValueErrors

@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.client import EventError, parse_event
 from shared.keys import ARTEFACT_KINDS, Keys, check_id
 from shared.schemas import DecisionEvent, utc_now
+from shared.vocab import OperatorVerdict
 
 VERDICT_SCHEMA = "scanguard.verdict/1"
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -41,7 +42,7 @@ class VerdictIn(BaseModel):
 
     entry_id: str = Field(pattern=ENTRY_ID.pattern)
     event_id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
-    verdict: Literal["confirmed", "false_alarm"]
+    verdict: OperatorVerdict
     operator: str = Field(pattern=r"^[A-Za-z0-9_.@ -]{1,64}$")
 
 
@@ -148,7 +149,7 @@ def record_verdict(client: redis.Redis, keys: Keys, verdict: VerdictIn) -> str |
         "schema": VERDICT_SCHEMA,
         "alert_id": event.event_id,
         "alert_entry_id": verdict.entry_id,
-        "verdict": verdict.verdict,
+        "verdict": verdict.verdict.value,
         "operator": verdict.operator,
         "at": utc_now().isoformat(),
         "frame_id": event.frame_id,

@@ -15,10 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from shared.client import EventError, parse_event
 from shared.console.data import RateMeter, newest_alert_id, status
 from shared.keys import Keys
+from shared.streams import REDIS_DOWN
 
 log = structlog.get_logger("scanguard.console")
 BLOCK_MS = 1_000  # one read's longest wait; also how soon a closed page frees its thread
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 def sse(event: str, data: Any, entry_id: str | None = None) -> str:
@@ -48,7 +48,7 @@ async def alert_events(
             reply: Any = await run_in_threadpool(
                 client.xread, {keys.alerts: last}, count=50, block=BLOCK_MS
             )
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             log.warning("redis_unavailable", error=str(exc))
             yield sse("status", {"error": "redis unavailable"})
             await anyio.sleep(2.0)

@@ -9,9 +9,7 @@ delivered twice.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import threading
 import time
 from typing import Any
@@ -25,9 +23,9 @@ from shared.delivery.jobs import enqueue, make_queue
 from shared.delivery.sinks import build_sink
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group
 
 log = structlog.get_logger("scanguard.dispatcher")
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
 
 class Dispatcher:
@@ -49,7 +47,7 @@ class Dispatcher:
         self.streams = {
             name: keys.results if name == "results" else keys.alerts for name in ds.streams
         }
-        self.consumer = ds.consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer = ds.consumer or default_consumer_id()
         self.queue = make_queue(client, ds.queue)
         self.enqueued = 0
         self.duplicates = 0
@@ -65,11 +63,7 @@ class Dispatcher:
         """Create the consumer group on each stream (and the stream) if missing."""
         start = "0" if self.ds.from_start else "$"
         for key in self.streams.values():
-            try:
-                self.client.xgroup_create(key, self.ds.group, id=start, mkstream=True)
-            except redis.ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            ensure_group(self.client, key, self.ds.group, start)
 
     def run(self, *, burst: bool = False) -> int:
         """Dispatch until stopped (or, with `burst`, until no new entries are waiting)."""
@@ -94,7 +88,7 @@ class Dispatcher:
                 self._claim_stale()
                 read = self._read_new(block=not burst)
                 backoff.reset()
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 delay = backoff.next_delay()
                 self.log.warning("redis_unavailable", error=str(exc), retry_in_s=round(delay, 3))
                 self._stop.wait(delay)

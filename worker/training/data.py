@@ -1,7 +1,7 @@
 """Generated frame sets at the model's input size, and the erasing augmentation.
 
 Both the training and the evaluation commands get their frames here, so they resize the
-scanner's frames the same way (area interpolation to the model input).
+scanner's frames the same way, with the engine's `to_model_input` (the worker uses it too).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from producer.synthetic import DEFAULT_SIZE, SyntheticScanner
+from worker.engine.preprocess import to_model_input
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,14 +36,6 @@ class FrameSet:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-def to_model_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """Resize an RGB uint8 frame to (rows, cols) with area interpolation."""
-    rows, cols = input_hw
-    if image.shape[:2] == (rows, cols):
-        return image
-    return cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA)
 
 
 def generate_set(

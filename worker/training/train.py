@@ -1,13 +1,13 @@
 """Train the demo model: a small ViT with a [class] token, on source-domain synthetic scans.
 
-    python -m worker.train --out models/scanguard-demo
+    python -m worker.training.train --out models/scanguard-demo
 
 Trains from scratch, on the CPU by default (`--device cuda` for a GPU), with the forward
 and loss autocast to bf16 (`--precision fp32` on CPUs without native bf16). Besides clean
 frames, the model sees frames after zero to three erasing steps that spare the object (or,
 on benign frames, some dense clutter), so its probabilities stay meaningful on the images
 iterative erasing makes.
-Writes `model.safetensors` and `card.json` (worker.model.ModelCard) into `--out`.
+Writes `model.safetensors` and `card.json` (worker.engine.model.ModelCard) into `--out`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from producer.synthetic import DEFAULT_SIZE, LABELS
-from worker.model import sha256_file
-from worker.train_data import FrameSet, cached_set, erase_augment, spare_points
+from worker.engine.model import sha256_file
+from worker.training.data import FrameSet, cached_set, erase_augment, spare_points
 
 TIMM_NAME = "vit_tiny_patch16_224"
 MAX_CHECKPOINT_BYTES = 12 * 1024 * 1024
@@ -42,7 +42,7 @@ MAX_CHECKPOINT_BYTES = 12 * 1024 * 1024
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.train", description=__doc__.splitlines()[0]
+        prog="python -m worker.training.train", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--out",
@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validation epoch {epoch}: {json.dumps(scores)}", flush=True)
     wall = time.monotonic() - started
     training: dict[str, Any] = {
-        "command": "python -m worker.train " + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m worker.training.train "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
         "data": {
             "generator": "producer.synthetic.SyntheticScanner",

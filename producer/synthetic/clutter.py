@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from producer.synthetic_render import Canvas, Part, blob, ellipse, rect, rounded_rect, wiggle
+from producer.synthetic.render import Canvas, Part, blob, ellipse, rect, rounded_rect, wiggle
 
 Clutter = Callable[[np.random.Generator], tuple[list[Part], float]]
 

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import numpy as np
 
-from shared.settings import ErasingSettings
+from shared.vocab import ExhaustedOutcome, HeadFusion, Verdict, check_choice
 
-
-class Verdict(str, enum.Enum):
-    CLEAR = "clear"
-    THREAT = "threat"
-    UNDETERMINED = "undetermined"
+__all__ = ["DecisionPolicy", "Outcome", "Verdict", "decide_after_forward", "exhausted", "judge"]
 
 
 @dataclass(frozen=True)
@@ -23,9 +18,9 @@ class DecisionPolicy:
     detect_th: float = 0.1
     reconsider_th: float = 0.001
     max_iter: int = 5
-    on_exhausted: str = "undetermined"  # undetermined | clear | argmax
+    on_exhausted: ExhaustedOutcome = "undetermined"
     judge_original: bool = False
-    head_fusion: str = "mean"
+    head_fusion: HeadFusion = "mean"
     fill: float = 0.0
 
     def __post_init__(self) -> None:
@@ -35,25 +30,10 @@ class DecisionPolicy:
             )
         if self.max_iter < 0:
             raise ValueError(f"max_iter must be >= 0, not {self.max_iter}")
-        if self.on_exhausted not in ("undetermined", "clear", "argmax"):
-            raise ValueError(
-                f"on_exhausted must be undetermined, clear or argmax, not {self.on_exhausted!r}"
-            )
+        check_choice("on_exhausted", self.on_exhausted, ExhaustedOutcome)
+        check_choice("head_fusion", self.head_fusion, HeadFusion)
         if not 0.0 <= self.fill <= 1.0:
             raise ValueError(f"fill must lie in [0, 1], not {self.fill}")
-
-    @classmethod
-    def from_settings(cls, erasing: ErasingSettings, card_fill: float) -> DecisionPolicy:
-        """The policy the settings ask for; `fill` falls back to the model card's."""
-        return cls(
-            detect_th=erasing.detect_th,
-            reconsider_th=erasing.reconsider_th,
-            max_iter=erasing.max_iter,
-            on_exhausted=erasing.on_exhausted,
-            judge_original=erasing.judge_original,
-            head_fusion=erasing.head_fusion,
-            fill=card_fill if erasing.fill is None else erasing.fill,
-        )
 
     @classmethod
     def vanilla(cls) -> DecisionPolicy:

@@ -1,6 +1,6 @@
 """Evaluate a model card on held-out synthetic scans: vanilla vs iterative erasing.
 
-    python -m worker.evaluate --card models/scanguard-demo/card.json --out eval
+    python -m worker.training.evaluate --card models/scanguard-demo/card.json --out eval
 
 Thresholds and the erasing fill are chosen on a validation set of target-domain frames
 (its own seed); the held-out sets (another seed, target and source domains) are only
@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from producer.synthetic import DEFAULT_SIZE, SyntheticScanner
-from worker.decision import DecisionPolicy, Verdict
-from worker.engine import EngineInput, ErasingEngine, FrameResult
-from worker.eval_metrics import (
+from worker.engine.decision import DecisionPolicy, Verdict
+from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
+from worker.engine.model import LoadedModel, load_model
+from worker.training.data import FrameSet, generate_set
+from worker.training.metrics import (
     Decision,
     SweepGrid,
     argmax_accuracy,
@@ -38,17 +40,15 @@ from worker.eval_metrics import (
     vanilla_at,
     vanilla_curve,
 )
-from worker.eval_plots import montage, sweep_plot
-from worker.eval_report import write_report
-from worker.model import LoadedModel, load_model
-from worker.train_data import FrameSet, generate_set
+from worker.training.plots import montage, sweep_plot
+from worker.training.report import write_report
 
 VANILLA_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.evaluate", description=__doc__.splitlines()[0]
+        prog="python -m worker.training.evaluate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--card", type=Path, default=Path("models/scanguard-demo/card.json"))
     parser.add_argument("--out", type=Path, default=Path("eval"))
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_plot(args.out / "sweep.png", figures)
     montage(args.out / "montage.png", rows, model.labels)
     report = {
-        "command": "python -m worker.evaluate "
+        "command": "python -m worker.training.evaluate "
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "model": {
             "card": str(args.card),

@@ -97,7 +97,7 @@ def write_report(path: Path, report: dict) -> None:
         "- The **held-out** sets below use a scanner seed never used for training, validation or development.",
         "- A threat frame of class c is detected when the verdict is *threat* and c is among the detected "
         "classes; a benign frame is a false alarm when the verdict is *threat*. Rates are in percent.",
-        "- Every number comes from the erasing engine (`worker.engine.ErasingEngine`). Sweep points are "
+        "- Every number comes from the erasing engine (`worker.engine.erasing.ErasingEngine`). Sweep points are "
         "replayed from full probability traces with the engine's own decision function; the chosen policy "
         "was also run directly (agreement with its replay is listed per domain).",
         "",

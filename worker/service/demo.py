@@ -19,12 +19,12 @@ import numpy as np
 
 from producer.producer import Producer
 from producer.sources import SyntheticSource
-from shared.alerts_cli import format_event
-from shared.client import EventClient
+from shared.client import EventClient, format_event
 from shared.keys import Keys
 from shared.redis_conn import connect, describe_url, embedded_redis
 from shared.schemas import DecisionEvent
 from shared.settings import Settings
+from worker.service.bootstrap import build_worker
 
 
 def _follow(
@@ -71,8 +71,6 @@ def _summary(events: list[DecisionEvent], elapsed_s: float, labels: tuple[str, .
 
 def run_demo(settings: Settings, *, frames: int, fps: float, out_dir: str) -> int:
     """Run producer, worker and alert follower until `frames` frames are decided."""
-    from worker.cli import build_worker
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.decision import DecisionPolicy, Verdict, decide_after_forward
+from worker.engine.decision import DecisionPolicy, Verdict, decide_after_forward
 
 Labels = Sequence[int] | np.ndarray  # true class per frame
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.schemas import FrameError, parse_frame_fields
-from worker.engine import EngineInput
-from worker.events import InFlight
-from worker.imageio import DecodeError, decode_image, to_model_input
+from shared.vocab import DeadKind
+from worker.engine.erasing import EngineInput
+from worker.engine.preprocess import to_model_input
+from worker.service.events import InFlight
+from worker.service.imageio import DecodeError, decode_image
 
 
 @dataclass(frozen=True, eq=False)
@@ -17,6 +19,7 @@ class Rejected:
     entry_id: str
     raw: dict[bytes, bytes]
     reason: str
+    kind: DeadKind
     deliveries: int
 
 
@@ -35,6 +38,13 @@ def decode_entry(
         fields, data, enqueued = parse_frame_fields(raw, limits.max_frame_bytes)
         original = decode_image(data, fields.content_type, limits.max_pixels)
     except (FrameError, DecodeError) as exc:
-        return Rejected(entry_id, raw, str(exc), deliveries)
-    frame = InFlight(entry_id, fields, enqueued, original, deliveries)
+        return Rejected(entry_id, raw, str(exc), exc.kind, deliveries)
+    frame = InFlight(entry_id, raw, fields, enqueued, original, deliveries)
     return frame, EngineInput(entry_id, to_model_input(original, limits.input_hw))
+
+
+def internal_error(
+    entry_id: str, raw: dict[bytes, bytes], deliveries: int, exc: Exception
+) -> Rejected:
+    """The dead letter for a bug met while handling this one frame (kind `internal`)."""
+    return Rejected(entry_id, raw, f"{type(exc).__name__}: {exc}", DeadKind.INTERNAL, deliveries)

@@ -9,10 +9,11 @@ import redis
 
 from shared.keys import Keys
 from shared.schemas import DeadLetter, DecisionEvent
+from shared.vocab import DeadKind
 
 
 def _script(name: str) -> str:
-    return resources.files("worker").joinpath("lua", name).read_text()
+    return resources.files("worker.service").joinpath("lua", name).read_text()
 
 
 class PublishStatus(enum.IntEnum):
@@ -57,6 +58,7 @@ class Publisher:
             frame_id=event.frame_id,
             scanner_id=event.scanner_id,
             reason=f"frame id {event.frame_id} was already decided; no second decision",
+            kind=DeadKind.DUPLICATE,
             deliveries=0,
             worker_id=event.worker_id,
             failed_at=event.decided_at,

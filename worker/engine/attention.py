@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.model import LoadedModel
+from shared.vocab import HeadFusion, check_choice
+from worker.engine.model import LoadedModel
 
 
 class AttentionRecorder:
@@ -29,10 +30,8 @@ class AttentionRecorder:
     model's attention stays explicit after `close()`; it gives the same numbers.
     """
 
-    def __init__(self, module: nn.Module, head_fusion: str = "mean") -> None:
-        if head_fusion not in ("mean", "max", "min"):
-            raise ValueError(f"head_fusion must be mean, max or min, not {head_fusion!r}")
-        self.head_fusion = head_fusion
+    def __init__(self, module: nn.Module, head_fusion: HeadFusion = "mean") -> None:
+        self.head_fusion = check_choice("head_fusion", head_fusion, HeadFusion)
         self.maps: list[torch.Tensor] = []
         self._recording_thread: int | None = None
         self._handles = []

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from producer.synthetic_render import Part, ellipse, rect, rounded_rect
+from producer.synthetic.render import Part, ellipse, rect, rounded_rect
 
 Builder = Callable[[np.random.Generator], list[Part]]
 

@@ -1,4 +1,4 @@
-"""Frame bytes in: guarded decoding (size checked before any pixel is read) and resizing."""
+"""Frame bytes in: guarded decoding (size checked before any pixel is read)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from shared.images import sniff_content_type
+from shared.vocab import DeadKind
 
 # JPEG start-of-frame markers that carry the image size (all SOFn except DHT/JPG/DAC).
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -15,6 +16,10 @@ _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD
 
 class DecodeError(ValueError):
     """Bytes that are not a usable image; the message is the dead-letter reason."""
+
+    def __init__(self, reason: str, kind: DeadKind = DeadKind.UNDECODABLE) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def _png_size(data: bytes) -> tuple[int, int]:
@@ -77,7 +82,9 @@ def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
     if width == 0 or height == 0:
         raise DecodeError(f"image header declares {width}x{height} pixels")
     if width * height > max_pixels:
-        raise DecodeError(f"image is {width}x{height}, over the {max_pixels}-pixel limit")
+        raise DecodeError(
+            f"image is {width}x{height}, over the {max_pixels}-pixel limit", DeadKind.TOO_LARGE
+        )
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise DecodeError(f"{content_type} bytes are corrupt or truncated")
@@ -93,13 +100,3 @@ def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     raise DecodeError(f"unsupported channel count {image.shape[2]}")
-
-
-def to_model_input(image: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
-    """Resize an RGB image to the model's (rows, cols); area filter when shrinking."""
-    rows, cols = input_hw
-    if image.shape[:2] == (rows, cols):
-        return np.ascontiguousarray(image)
-    shrink = image.shape[0] > rows or image.shape[1] > cols
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return cv2.resize(image, (cols, rows), interpolation=interpolation)

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import torch
 
-from worker.decision import DecisionPolicy, Verdict
-from worker.model import LoadedModel
+from worker.engine.decision import DecisionPolicy, Verdict
+from worker.engine.model import LoadedModel
 
 
 @dataclass(frozen=True)

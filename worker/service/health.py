@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def health_file(health_dir: Path, worker_id: str) -> Path:

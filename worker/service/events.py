@@ -19,10 +19,10 @@ from shared.schemas import (
     Thresholds,
     utc_now,
 )
-from worker.decision import DecisionPolicy
-from worker.engine import FrameResult
-from worker.model import LoadedModel
-from worker.render import erased_image, heatmap_overlay
+from worker.engine.decision import DecisionPolicy
+from worker.engine.erasing import FrameResult
+from worker.engine.model import LoadedModel
+from worker.service.render import erased_image, heatmap_overlay
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +30,7 @@ class InFlight:
     """A frame read from the stream and decoded, waiting for (or inside) the engine."""
 
     entry_id: str
+    raw: dict[bytes, bytes]  # the stream entry as read, kept for a dead letter
     fields: FrameFields
     enqueued_at: datetime | None
     original: np.ndarray  # (H, W, 3) uint8 RGB as received

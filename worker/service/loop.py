@@ -4,6 +4,23 @@ Each pass of the loop is a checklist: stop requested and drained? → maintenanc
 (health, heartbeat, reclaim) → read into free slots → admit what has decoded → one
 engine step → hand finished frames to the render pool → publish what has rendered.
 Decoding and rendering run in a thread pool so they overlap the engine step.
+
+The failure ladder: one action per failure class.
+
+- Redis unreachable (connection refused or lost, time-out): back off (capped, full
+  jitter), keep every frame in flight and every result not yet published, retry.
+- A bad frame (fields, bytes, sizes): dead letter with its reason and a `DeadKind`
+  (`bad_fields`, `undecodable`, `too_large`); the rest of the batch goes on.
+- Any other exception while decoding or rendering one frame (a bug tied to that
+  frame): that frame alone is dead-lettered with kind `internal`, the exception type
+  and message as the reason; the traceback is logged once. Its batch-mates are decided
+  normally and the worker keeps running.
+- An exception from the engine step (the device or the model: CUDA out of memory, a
+  broken checkpoint): log it, publish nothing of that step, publish only results that
+  were complete before it, and exit 1 so the orchestrator restarts the process; the
+  frames left pending are reclaimed by other workers after `claim_idle_ms`.
+- First SIGTERM/SIGINT: stop reading, drain what is in flight, exit 0. Second: exit 1
+  at once (pending frames are reclaimed by others).
 """
 
 from __future__ import annotations
@@ -27,17 +44,22 @@ from shared.backoff import Backoff
 from shared.keys import Keys
 from shared.schemas import DeadLetter, utc_now
 from shared.settings import Settings
-from worker.decision import DecisionPolicy
-from worker.engine import EngineInput, ErasingEngine
-from worker.events import InFlight, Rendered, render
-from worker.health import default_worker_id, health_file
-from worker.intake import IntakeLimits, Rejected, decode_entry
-from worker.metrics import WorkerMetrics
-from worker.model import LoadedModel
-from worker.publish import Publisher, PublishStatus
+from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group
+from shared.vocab import DeadKind
+from worker.engine.decision import DecisionPolicy
+from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
+from worker.engine.model import LoadedModel
+from worker.service.events import InFlight, Rendered, render
+from worker.service.health import health_file
+from worker.service.intake import IntakeLimits, Rejected, decode_entry, internal_error
+from worker.service.metrics import WorkerMetrics
+from worker.service.publish import Publisher, PublishStatus
 
 log = structlog.get_logger("scanguard.worker")
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+
+
+class EngineFailure(RuntimeError):
+    """The engine step raised: the device or the model is unusable in this process."""
 
 
 class Worker:
@@ -48,6 +70,7 @@ class Worker:
         settings: Settings,
         client: redis.Redis,
         model: LoadedModel,
+        policy: DecisionPolicy,
         *,
         metrics: WorkerMetrics | None = None,
     ) -> None:
@@ -56,9 +79,9 @@ class Worker:
         self.client = client
         self.model = model
         self.keys = Keys(settings.namespace)
-        self.id = ws.id or default_worker_id()
+        self.id = ws.id or default_consumer_id()
         self.metrics = metrics or WorkerMetrics()
-        self.policy = DecisionPolicy.from_settings(settings.erasing, model.fill)
+        self.policy = policy
         self.engine = ErasingEngine(
             model,
             self.policy,
@@ -81,7 +104,7 @@ class Worker:
         self._decoding: deque[Future[tuple[InFlight, EngineInput] | Rejected]] = deque()
         self._in_engine: dict[str, InFlight] = {}
         self._owned: set[str] = set()  # entry ids read or claimed and not yet published
-        self._rendering: deque[Future[Rendered]] = deque()
+        self._rendering: deque[Future[Rendered | Rejected]] = deque()
         self._outbox: deque[Rendered | Rejected] = deque()
         self._stop = threading.Event()
         self._signals = 0
@@ -132,6 +155,7 @@ class Worker:
             group=self.settings.worker.group,
         )
         reason = "stopped"
+        exit_code = 0
         try:
             while True:
                 if self._stop.is_set() and self._in_flight() == 0:
@@ -147,7 +171,12 @@ class Worker:
                     self._step()
                     self._publish()
                     backoff.reset()
-                except _REDIS_DOWN as exc:
+                except EngineFailure as exc:
+                    self.log.error("engine_failed", error=str(exc.__cause__ or exc))
+                    self._publish_completed()
+                    reason, exit_code = "engine_failed", 1
+                    break
+                except REDIS_DOWN as exc:
                     delay = backoff.next_delay()
                     self.metrics.reconnects.inc()
                     self.log.warning(
@@ -161,12 +190,12 @@ class Worker:
                     break
         finally:
             self._teardown(reason)
-        return 0
+        return exit_code
 
     def _teardown(self, reason: str) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
         self.engine.close()
-        with contextlib.suppress(*_REDIS_DOWN):
+        with contextlib.suppress(*REDIS_DOWN):
             self.client.delete(self.keys.worker(self.id))
         self.health_path.unlink(missing_ok=True)
         self.log.info("worker_stopped", reason=reason, decided=self.decided, dead=self.dead)
@@ -209,13 +238,7 @@ class Worker:
 
     def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist yet."""
-        try:
-            self.client.xgroup_create(
-                self.keys.frames, self.settings.worker.group, id="0", mkstream=True
-            )
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_group(self.client, self.keys.frames, self.settings.worker.group)
 
     # -- reading and decoding ------------------------------------------------------
 
@@ -261,7 +284,28 @@ class Worker:
     def _decode(
         self, entry_id: str, raw: dict[bytes, bytes], deliveries: int
     ) -> tuple[InFlight, EngineInput] | Rejected:
-        return decode_entry(entry_id, raw, deliveries, self._limits)
+        try:
+            return decode_entry(entry_id, raw, deliveries, self._limits)
+        except Exception as exc:  # a bug tied to this frame: it alone is dead-lettered
+            self.log.exception("decode_failed", entry_id=entry_id)
+            return internal_error(entry_id, raw, deliveries, exc)
+
+    def _render(self, frame: InFlight, result: FrameResult) -> Rendered | Rejected:
+        ws = self.settings.worker
+        try:
+            return render(
+                frame,
+                result,
+                model=self.model,
+                policy=self.policy,
+                keys=self.keys,
+                worker_id=self.id,
+                artefact_ttl_s=ws.artefact_ttl_s,
+                jpeg_quality=ws.jpeg_quality,
+            )
+        except Exception as exc:  # a bug tied to this frame: it alone is dead-lettered
+            self.log.exception("render_failed", entry_id=frame.entry_id)
+            return internal_error(frame.entry_id, frame.raw, frame.deliveries, exc)
 
     def _admit(self) -> None:
         if self._decoding and self.engine.active == 0 and not self._decoding[0].done():
@@ -284,27 +328,18 @@ class Worker:
             return
         active = self.engine.active
         start = time.perf_counter()
-        finished = self.engine.step()
+        try:
+            finished = self.engine.step()
+        except Exception as exc:
+            self.log.exception("engine_step_failed", active=active)
+            raise EngineFailure(f"engine step over {active} frames failed") from exc
         elapsed = time.perf_counter() - start
         self.metrics.batch_size.observe(active)
         self.metrics.step_seconds.observe(elapsed)
         self.metrics.forwards.inc(active)
-        ws = self.settings.worker
         for result in finished:
             frame = self._in_engine.pop(str(result.key))
-            self._rendering.append(
-                self._pool.submit(
-                    render,
-                    frame,
-                    result,
-                    model=self.model,
-                    policy=self.policy,
-                    keys=self.keys,
-                    worker_id=self.id,
-                    artefact_ttl_s=ws.artefact_ttl_s,
-                    jpeg_quality=ws.jpeg_quality,
-                )
-            )
+            self._rendering.append(self._pool.submit(self._render, frame, result))
         if finished:
             self.log.debug(
                 "step_done", active=active, finished=len(finished), step_ms=round(elapsed * 1e3, 2)
@@ -315,6 +350,17 @@ class Worker:
             wait(list(self._rendering), timeout=1.0, return_when=FIRST_COMPLETED)
         while self._rendering and self._rendering[0].done():
             self._outbox.append(self._rendering.popleft().result())
+        self._flush_outbox()
+
+    def _publish_completed(self) -> None:
+        """Before an exit on an engine failure: publish the results already rendered."""
+        wait(list(self._rendering), timeout=10.0)
+        while self._rendering and self._rendering[0].done():
+            self._outbox.append(self._rendering.popleft().result())
+        with contextlib.suppress(*REDIS_DOWN):
+            self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
         batch = {"published": 0, "discarded": 0, "duplicate": 0, "dead": 0}
         while self._outbox:
             item = self._outbox[0]
@@ -352,7 +398,7 @@ class Worker:
             self.log.warning("publish_discarded", frame_id=event.frame_id, entry_id=event.entry_id)
         else:
             self.dead += 1
-            self.metrics.dead.labels("duplicate frame id").inc()
+            self.metrics.dead.labels(DeadKind.DUPLICATE.value).inc()
             self.log.warning("duplicate_frame", frame_id=event.frame_id, entry_id=event.entry_id)
 
     def _dead_letter(self, item: Rejected) -> None:
@@ -364,15 +410,20 @@ class Worker:
             frame_id=frame_id,
             scanner_id=scanner_id,
             reason=item.reason,
+            kind=item.kind,
             deliveries=item.deliveries,
             worker_id=self.id,
             failed_at=utc_now(),
         )
         if self.publisher.dead_letter(letter, item.raw):
             self.dead += 1
-            self.metrics.dead.labels(item.reason.split(":")[0][:40]).inc()
+            self.metrics.dead.labels(item.kind.value).inc()
             self.log.warning(
-                "frame_dead", entry_id=item.entry_id, frame_id=frame_id, reason=item.reason
+                "frame_dead",
+                entry_id=item.entry_id,
+                frame_id=frame_id,
+                kind=item.kind.value,
+                reason=item.reason,
             )
 
     # -- reclaiming stale entries --------------------------------------------------
@@ -414,11 +465,12 @@ class Worker:
             self.log.info("frame_reclaimed", entry_id=entry_id, deliveries=deliveries)
             self._owned.add(entry_id)
             if not raw:
-                self._outbox.append(
-                    Rejected(entry_id, {}, "entry was deleted before it was decided", deliveries)
-                )
+                reason = "entry was deleted before it was decided"
+                self._outbox.append(Rejected(entry_id, {}, reason, DeadKind.DELETED, deliveries))
             elif deliveries > ws.max_deliveries:
                 reason = f"delivered {deliveries} times without a decision (max_deliveries={ws.max_deliveries})"
-                self._outbox.append(Rejected(entry_id, raw, reason, deliveries))
+                self._outbox.append(
+                    Rejected(entry_id, raw, reason, DeadKind.MAX_DELIVERIES, deliveries)
+                )
             else:
                 self._submit_decode(entry_id, raw, deliveries)

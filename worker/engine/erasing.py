@@ -15,9 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worker.attention import AttentionRecorder, attention_mask, forward_with_attention, resize_mask
-from worker.decision import DecisionPolicy, Verdict, decide_after_forward
-from worker.model import LoadedModel
+from shared.vocab import Precision, check_choice
+from worker.engine.attention import (
+    AttentionRecorder,
+    attention_mask,
+    forward_with_attention,
+    resize_mask,
+)
+from worker.engine.decision import DecisionPolicy, Verdict, decide_after_forward
+from worker.engine.model import LoadedModel
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,10 +66,9 @@ class ErasingEngine:
         policy: DecisionPolicy,
         *,
         max_batch: int = 32,
-        precision: str = "fp32",
+        precision: Precision = "fp32",
     ) -> None:
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
+        check_choice("precision", precision, Precision)
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, not {max_batch}")
         self.model = model

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from producer.synthetic_clutter import CLUTTER, CLUTTER_WEIGHTS, draw_bag
-from producer.synthetic_render import Canvas
-from producer.synthetic_shapes import GUNS, KNIVES, LENGTH_FACTOR
+from producer.synthetic.clutter import CLUTTER, CLUTTER_WEIGHTS, draw_bag
+from producer.synthetic.render import Canvas
+from producer.synthetic.shapes import GUNS, KNIVES, LENGTH_FACTOR
 
 LABELS = ("benign", "gun", "knife")
 DOMAINS = ("source", "target")

@@ -15,7 +15,7 @@ class WorkerMetrics:
         r = self.registry
         self.frames = Counter("scanguard_frames_total", "Frames decided", ["decision"], registry=r)
         self.dead = Counter(
-            "scanguard_dead_letters_total", "Frames dead-lettered", ["reason"], registry=r
+            "scanguard_dead_letters_total", "Frames dead-lettered, by kind", ["kind"], registry=r
         )
         self.redeliveries = Counter(
             "scanguard_redeliveries_total", "Frames reclaimed from another consumer", registry=r
