@@ -6,12 +6,17 @@ import re
 from dataclasses import dataclass
 
 ARTEFACT_KINDS = ("masked", "heatmap")
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+# Ids that may stand inside key names, file paths and URLs; matched whole (`fullmatch`:
+# `$` would let a trailing newline through).
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def check_id(value: str, what: str = "id") -> str:
-    """Return `value` if it may appear inside a key name, else raise `ValueError`."""
-    if not _SAFE_ID.match(value):
+    """Return `value` if it may appear inside a key name or a path, else raise `ValueError`.
+
+    `.` and `..` are refused as well: they are safe in a key but not as a folder name.
+    """
+    if not isinstance(value, str) or not _SAFE_ID.fullmatch(value) or value in (".", ".."):
         raise ValueError(
             f"{what} {value!r} may only hold letters, digits and _ . : - (1-128 chars)"
         )

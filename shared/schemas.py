@@ -170,6 +170,13 @@ class DecisionEvent(BaseModel):
     artefacts: list[ArtefactRef]
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    # Readers put these ids into key names and file paths (artefacts, archives, reports):
+    # an event that carries an unsafe one is not a decision event.
+    @field_validator("event_id", "frame_id", "scanner_id", "worker_id")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        return check_id(value)
+
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.keys import check_id
 from shared.vocab import ExhaustedOutcome, HeadFusion, Precision
 
 DEFAULT_MODEL_CARD = (
@@ -71,7 +72,12 @@ class WorkerSettings(BaseModel):
 
     id: str | None = Field(None, description="worker id; unset = host name and pid")
     group: str = "workers"
-    max_wait_ms: int = Field(200, ge=1, le=60_000, description="longest a read blocks when idle")
+    max_wait_ms: int = Field(
+        200,
+        ge=1,
+        le=60_000,
+        description="longest a read blocks when idle (in slices of at most 1 s, so a stop is quick)",
+    )
     claim_idle_ms: int = Field(
         30_000, ge=100, description="pending this long: another worker takes it"
     )
@@ -89,8 +95,35 @@ class WorkerSettings(BaseModel):
     decode_threads: int = Field(2, ge=1, le=64)
     max_frame_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")
+    max_side_px: int = Field(
+        16_384,
+        ge=64,
+        le=65_500,
+        description="longest image side accepted; JPEG (the artefacts' format) stops at 65,500",
+    )
+    max_meta_bytes: int = Field(
+        16_384, ge=2, le=1_048_576, description="size of a frame's `meta` JSON"
+    )
+    max_meta_depth: int = Field(
+        16, ge=1, le=64, description="nesting of a frame's `meta` JSON (readers stop near 200)"
+    )
+    dead_image_bytes: int = Field(
+        65_536,
+        ge=0,
+        description="a dead letter keeps at most this prefix of the frame's image (size noted)",
+    )
+    consumer_idle_s: int = Field(
+        86_400,
+        ge=60,
+        description="group consumers idle this long with nothing pending are removed at start",
+    )
     jpeg_quality: int = Field(85, ge=1, le=100)
     reconnect_max_s: float = Field(10.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _safe_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value, "worker id")
 
 
 class ProducerSettings(BaseModel):
@@ -119,6 +152,9 @@ class ConsoleSettings(BaseModel):
         2.0, gt=0, le=60, description="how often the status strip updates"
     )
     operator_default: str = Field("operator", pattern=r"^[A-Za-z0-9_.@ -]{1,64}$")
+    verdicts_maxlen: int = Field(
+        1_000_000, ge=1_000, description="approximate cap of the verdicts stream"
+    )
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ConsoleSettings:
@@ -146,13 +182,19 @@ class DeliverySettings(BaseModel):
     )
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
-    webhook_timeout_s: float = Field(5.0, gt=0)
+    webhook_timeout_s: float = Field(5.0, gt=0, description="connect and per-read time-out")
+    webhook_deadline_s: float = Field(
+        30.0, gt=0, description="a whole delivery (connect, send, response) ends by then"
+    )
     retries: int = Field(5, ge=0, le=100)
     retry_base_s: int = Field(10, ge=1, description="first retry delay; doubles each time")
     retry_max_s: int = Field(3_600, ge=1, description="cap of the retry delay")
     job_timeout_s: int = Field(60, ge=1)
     dedupe_ttl_s: int = Field(
         7 * 86_400, ge=60, description="a finished job (and its id) is kept this long"
+    )
+    failure_ttl_s: int = Field(
+        7 * 86_400, ge=60, description="a failed job stays visible (rq info) this long"
     )
     archive_dir: Path = Path("archive")
 
