@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from typing import get_args
 
 import numpy as np
 import timm
 import torch
 
 from bench.frames import bench_frames
+from shared.vocab import Precision
 from worker.engine.decision import DecisionPolicy
 from worker.engine.erasing import EngineInput, ErasingEngine
 from worker.engine.model import LoadedModel, from_module, resolve_device
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-frames", type=int, default=None, help="default: all frames")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=get_args(Precision))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 

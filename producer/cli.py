@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import structlog
 
@@ -23,8 +24,42 @@ log = structlog.get_logger(__name__)
 CLEAR_TO_END = "\x1b[K"  # ANSI: erase from the cursor to the end of the line
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr naming the option, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _fps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, not {text!r}")
+    return value
+
+
+def _jpeg_quality(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m producer",
         description="Push scanner frames into the Redis frames stream. Redis and defaults "
         "come from SCANGUARD_* environment variables; flags win over them.",
@@ -35,9 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="dir:PATH | video:PATH_OR_URL_OR_INDEX | synthetic:source|target (default %(default)s)",
     )
     parser.add_argument(
-        "--fps", type=float, default=None, help="frames per second (default: as fast as allowed)"
+        "--fps", type=_fps, default=None, help="frames per second (default: as fast as allowed)"
     )
-    parser.add_argument("--count", type=int, default=None, help="stop after this many frames")
+    parser.add_argument(
+        "--count",
+        type=_positive_int,
+        default=None,
+        help="stop after this many frames, at least 1 (default: run until the source ends)",
+    )
     parser.add_argument(
         "--loop", action="store_true", help="start a folder or video file again at its end"
     )
@@ -52,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-backlog",
-        type=int,
+        type=_positive_int,
         default=None,
         help="frames-stream length that triggers backpressure",
     )
@@ -63,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the backlog is full: wait, or drop the newest frame",
     )
     parser.add_argument(
-        "--jpeg-quality", type=int, default=None, help="quality of JPEGs the producer encodes"
+        "--jpeg-quality",
+        type=_jpeg_quality,
+        default=None,
+        help="quality (1-100) of JPEGs the producer encodes",
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress line even on a terminal"
@@ -122,27 +165,32 @@ class ProgressLine:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the producer; exit 0 when done, 2 on bad settings or arguments."""
+    """Run the producer; exit 0 when done, 2 on bad settings or arguments, 1 on a failure.
+
+    Once frames flow, the summary is printed on every way out, so that
+    offered == sent + dropped + abandoned can be checked whatever happened.
+    """
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(**_overrides(args))
         check_id(settings.producer.scanner_id, "scanner id")
-        if args.fps is not None and args.fps <= 0:
-            raise ValueError(f"--fps must be positive, not {args.fps}")
+        size = _size(args.size)
+    except (SettingsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         source = parse_source(
             args.source,
             loop=args.loop,
             seed=args.seed,
             jpeg_quality=settings.producer.jpeg_quality,
-            size=_size(args.size),
+            size=size,
         )
-    except (SettingsError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"error: --source: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    summary = _run(settings, source, args)
-    print(json.dumps(summary.as_dict()))
-    return 0
+    return _run(settings, source, args)
 
 
 def _stop_handler(producer: Producer) -> Any:
@@ -156,7 +204,7 @@ def _stop_handler(producer: Producer) -> Any:
     return handle
 
 
-def _run(settings: Settings, source: Any, args: argparse.Namespace) -> ProducerSummary:
+def _run(settings: Settings, source: Any, args: argparse.Namespace) -> int:
     progress = ProgressLine(sys.stderr) if sys.stderr.isatty() and not args.no_progress else None
     if settings.redis_url is None:
         log.warning(
@@ -179,10 +227,21 @@ def _run(settings: Settings, source: Any, args: argparse.Namespace) -> ProducerS
             sig: signal.signal(sig, _stop_handler(producer))
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        status = 1
         try:
-            return producer.run(source)
+            producer.run(source)
+            status = 0
+        except KeyboardInterrupt:
+            log.warning("producer_interrupted", detail="second signal: stopped at once")
+            status = 130  # the shell's code for death by SIGINT
+        except Exception:
+            # Anything no rung handles (a source that breaks, an unexpected Redis reply):
+            # the traceback goes to the log, and the summary below still comes out.
+            log.exception("producer_failed")
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if progress is not None:
                 progress.close()
+            print(json.dumps(producer.summary.as_dict()), flush=True)
+        return status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -18,7 +19,7 @@ from shared.backoff import Backoff
 from shared.images import encode_image
 from shared.keys import Keys, check_id
 from shared.schemas import CONTENT_TYPES, FrameFields, utc_now
-from shared.streams import REDIS_DOWN
+from shared.streams import REDIS_DOWN, refusal
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -38,7 +39,7 @@ class ProducerSummary:
     offered: int = 0
     sent: int = 0
     dropped: int = 0
-    abandoned: int = 0  # taken from the source, then stopped while Redis was away
+    abandoned: int = 0  # taken from the source, then stopped before Redis took it
     blocked_s: float = 0.0
     reconnects: int = 0
     backlog: int = 0
@@ -70,8 +71,8 @@ class Producer:
         backoff: Backoff | None = None,
         on_progress: Callable[[ProducerSummary], None] | None = None,
     ):
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        if fps is not None and not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive finite number, got {fps}")
         if count is not None and count < 0:
             raise ValueError(f"count must be zero or more, got {count}")
         if max_backlog < 1:
@@ -110,23 +111,39 @@ class Producer:
             backpressure=self.backpressure,
         )
         frames = iter(source)
-        while True:
-            reason = self._stop_reason()
-            frame = next(frames, None) if reason is None else None
-            if frame is None:
-                break
-            if self.fps is not None:
-                pace_start, paced = self._pace(pace_start, paced)
-            self.summary.offered += 1
-            self._offer(frame)
+        reason: str | None = None
+        try:
+            while (reason := self._stop_reason()) is None:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                if self.fps is not None:
+                    pace_start, paced = self._pace(pace_start, paced)
+                self.summary.offered += 1
+                self._offer(frame)
+                self.summary.elapsed_s = time.monotonic() - started
+                if self.on_progress is not None:
+                    self.on_progress(self.summary)
+        finally:
+            self._account_for_frame_in_hand()
             self.summary.elapsed_s = time.monotonic() - started
-            if self.on_progress is not None:
-                self.on_progress(self.summary)
-        self.summary.elapsed_s = time.monotonic() - started
         self._log.info(
             "producer_done", reason=reason or "source_exhausted", **self.summary.as_dict()
         )
         return self.summary
+
+    def _account_for_frame_in_hand(self) -> None:
+        """Count a frame that an exception left neither sent nor dropped as abandoned.
+
+        A second signal (KeyboardInterrupt) or a Redis reply no rung handles can leave
+        `_offer` half-way; counting the frame here keeps
+        offered == sent + dropped + abandoned on every way out of `run`.
+        """
+        summary = self.summary
+        unaccounted = summary.offered - summary.sent - summary.dropped - summary.abandoned
+        if unaccounted > 0:
+            summary.abandoned += unaccounted
+            self._log.warning("frame_abandoned", reason="interrupted", frames=unaccounted)
 
     def _stop_reason(self) -> str | None:
         if self.stop_event.is_set():
@@ -166,7 +183,7 @@ class Producer:
         if self._redis(lambda: self._send(entry)) is None:
             self.summary.abandoned += 1
             self._log.warning(
-                "frame_abandoned", frame_id=frame_id, reason="stopped while Redis was away"
+                "frame_abandoned", frame_id=frame_id, reason="stopped before Redis took it"
             )
             return
         self.summary.sent += 1
@@ -254,20 +271,48 @@ class Producer:
         return True
 
     def _redis(self, call: Callable[[], T]) -> T | None:
-        """Run `call`, waiting out a Redis outage; None only if stopped meanwhile."""
+        """Run `call`, waiting out an outage or a write refusal; None only if stopped meanwhile.
+
+        A refusal (out of memory under `noeviction`, MISCONF, a read-only replica) is
+        a rung of its own but is waited out like an outage, with the same capped
+        back-off and the frame kept in hand: it clears once workers drain the stream
+        or an operator frees memory, and crashing would lose the frame in hand.
+        """
         failures = 0
+        met: list[str] = []  # what failed attempts met, in order; each change logged once
         while True:
             try:
                 result = call()
             except REDIS_DOWN as exc:
-                if failures == 0:
-                    self._log.warning("redis_unavailable", error=str(exc))
-                failures += 1
-                if self.stop_event.wait(self.backoff.next_delay()):
-                    return None
-                continue
-            if failures:
-                self.summary.reconnects += 1
-                self._log.info("redis_reconnected", failed_attempts=failures)
-                self.backoff.reset()
-            return result
+                self._trouble(met, "unavailable", error=str(exc))
+            except redis.ResponseError as exc:
+                kind = refusal(exc)
+                if kind is None:
+                    raise  # a broken key or a bug: nothing that waiting would fix
+                # Not str(exc): a refused pipeline's message quotes the whole frame.
+                self._trouble(met, kind)
+            else:
+                if failures:
+                    self._recovered(met, failures)
+                return result
+            failures += 1
+            if self.stop_event.wait(self.backoff.next_delay()):
+                return None
+
+    def _trouble(self, met: list[str], kind: str, **fields: str) -> None:
+        """Log the start of an outage or refusal, once per episode rather than per attempt."""
+        if met and met[-1] == kind:
+            return
+        met.append(kind)
+        if kind == "unavailable":
+            self._log.warning("redis_unavailable", **fields)
+        else:
+            self._log.warning("redis_refusing", kind=kind)
+
+    def _recovered(self, met: list[str], failures: int) -> None:
+        self.backoff.reset()
+        if "unavailable" in met:
+            self.summary.reconnects += 1
+            self._log.info("redis_reconnected", failed_attempts=failures)
+        else:
+            self._log.info("redis_accepting", refused=met[-1], failed_attempts=failures)

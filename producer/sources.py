@@ -115,6 +115,9 @@ class VideoSource:
         self.target: str | int = (
             int(target) if isinstance(target, str) and target.isdigit() else target
         )
+        if isinstance(self.target, str) and _missing_file(self.target):
+            # Checked here, not when iterating: a typo is reported before any frame.
+            raise ValueError(f"cannot open video {self.target!r}: no such file")
         self.loop = loop
         self.jpeg_quality = jpeg_quality
 
@@ -138,6 +141,12 @@ class VideoSource:
                 yield SourceFrame(encode_bgr(bgr, JPEG, self.jpeg_quality), JPEG, meta)
         finally:
             capture.release()
+
+
+def _missing_file(target: str) -> bool:
+    """True for a plain path with nothing there; a URL or an image-sequence pattern is not one."""
+    is_path = "://" not in target and "%" not in target
+    return is_path and not Path(target).exists()
 
 
 class SyntheticSource:

@@ -7,10 +7,12 @@ travel as one JSON string in the `event` field of their stream entry.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import from_json, to_json
 
 from shared.keys import check_id
 from shared.vocab import DeadKind, ExhaustedOutcome, HeadFusion, Verdict
@@ -71,8 +73,69 @@ class FrameFields(BaseModel):
         }
 
 
+@dataclass(frozen=True)
+class MetaLimits:
+    """Bounds on a frame's `meta` JSON (the settings' defaults).
+
+    The depth bound is the one JSON limit of the project: it keeps every event far below
+    both the writer's (pydantic serialiser, 255 levels) and the readers' (pydantic's JSON
+    parser, 200 levels) own limits, so what a worker publishes every reader can read.
+    """
+
+    max_bytes: int = 16_384
+    max_depth: int = 16
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+        else:
+            deepest = max(deepest, level)
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
+
+
+def parse_meta(text: str, limits: MetaLimits) -> dict[str, Any]:
+    """The frame's `meta` as a dict, or `FrameError` if it is too big, too deep or unreadable.
+
+    Anything the project's own writer and readers could not carry (a 5,000-digit integer,
+    a lone surrogate) is refused here, before the frame costs a forward pass.
+    """
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > limits.max_bytes:
+        raise FrameError(
+            f"field 'meta' is {size} bytes, over the {limits.max_bytes}-byte limit",
+            DeadKind.TOO_LARGE,
+        )
+    try:
+        meta = json.loads(text)
+    except RecursionError:
+        raise FrameError(f"field 'meta' nests deeper than {limits.max_depth} levels") from None
+    except ValueError as exc:  # JSONDecodeError, and integers past the digit limit
+        raise FrameError(f"field 'meta' is not usable JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise FrameError("field 'meta' must be a JSON object")
+    depth = _depth(meta)
+    if depth > limits.max_depth:
+        raise FrameError(f"field 'meta' nests {depth} levels, over the limit of {limits.max_depth}")
+    try:
+        # The same serialiser and parser that publish and read decision events.
+        from_json(to_json(meta))
+    except ValueError as exc:
+        raise FrameError(f"field 'meta' cannot travel in a decision event: {exc}") from None
+    return meta
+
+
 def parse_frame_fields(
-    raw: dict[bytes, bytes], max_bytes: int
+    raw: dict[bytes, bytes], max_bytes: int, meta_limits: MetaLimits = MetaLimits()
 ) -> tuple[FrameFields, bytes, datetime | None]:
     """Validate a raw stream entry; raise `FrameError` with the reason it is unusable."""
     image = raw.get(b"image")
@@ -91,12 +154,7 @@ def parse_frame_fields(
     schema = text.get("schema", FRAME_SCHEMA)
     if schema != FRAME_SCHEMA:
         raise FrameError(f"unknown frame schema {schema!r}; this worker reads {FRAME_SCHEMA!r}")
-    try:
-        meta = json.loads(text["meta"]) if text.get("meta") else {}
-    except json.JSONDecodeError as exc:
-        raise FrameError(f"field 'meta' is not JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise FrameError("field 'meta' must be a JSON object")
+    meta = parse_meta(text["meta"], meta_limits) if text.get("meta") else {}
     text_fields: dict[str, Any] = {**text, "meta": meta}
     try:
         fields = FrameFields.model_validate(text_fields)

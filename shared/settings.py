@@ -107,14 +107,14 @@ class WorkerSettings(BaseModel):
     max_meta_depth: int = Field(
         16, ge=1, le=64, description="nesting of a frame's `meta` JSON (readers stop near 200)"
     )
-    dead_image_bytes: int = Field(
+    dead_field_bytes: int = Field(
         65_536,
         ge=0,
-        description="a dead letter keeps at most this prefix of the frame's image (size noted)",
+        description="a dead letter keeps at most this prefix of each frame field (sizes noted)",
     )
     consumer_idle_s: int = Field(
         86_400,
-        ge=60,
+        ge=1,
         description="group consumers idle this long with nothing pending are removed at start",
     )
     jpeg_quality: int = Field(85, ge=1, le=100)
@@ -257,4 +257,6 @@ def load_settings(**overrides: object) -> Settings:
         for err in exc.errors():
             name = "SCANGUARD_" + "__".join(str(part).upper() for part in err["loc"])
             problems.append(f"{name}: {err['msg']}")
+        if len(problems) == 1:  # the common case stays one line
+            raise SettingsError(f"invalid setting {problems[0]}") from None
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None

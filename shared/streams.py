@@ -15,7 +15,7 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 # fail-over left read-only. Scripts on Redis 6.2 wrap them in an ERR reply, so the
 # message is matched as well as the exception class.
 _REFUSALS = {
-    "OOM command not allowed": "out_of_memory",
+    "command not allowed when used memory": "out_of_memory",
     "MISCONF": "misconf",
     "READONLY": "read_only",
 }

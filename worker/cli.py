@@ -51,6 +51,10 @@ def check(settings: Settings, worker_id: str | None) -> int:
     if age > settings.worker.heartbeat_ttl_s:
         print(f"worker {wid}: loop silent for {age:.1f}s", file=sys.stderr)
         return 1
+    # Alive but impeded (Redis down or refusing writes): a restart would not help, say it.
+    condition = path.read_text().strip()
+    if condition:
+        print(f"worker {wid}: alive; {condition}", file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,9 @@ and the demo, the benchmarks and the tests build their workers the way productio
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import redis
 import torch
 
@@ -38,24 +41,51 @@ def create_worker(
     *,
     metrics: WorkerMetrics | None = None,
 ) -> Worker:
-    """A worker over an already loaded model and client, with its consumer group in place."""
+    """A worker over an already loaded model and client.
+
+    It creates its consumer group on its first pass (backing off while Redis is down).
+    """
     policy = policy_from_settings(settings.erasing, model.fill)
-    worker = Worker(settings, client, model, policy, metrics=metrics)
-    worker.ensure_group()
-    return worker
+    return Worker(settings, client, model, policy, metrics=metrics)
+
+
+def check_health_dir(folder: Path) -> None:
+    """Refuse a liveness folder the worker could not write its file into."""
+    if not folder.is_dir():
+        raise ValueError(f"SCANGUARD_WORKER__HEALTH_DIR: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"SCANGUARD_WORKER__HEALTH_DIR: {folder} is not writable")
+
+
+def serve_metrics(metrics: WorkerMetrics, port: int) -> None:
+    """Start the metrics server, or say which setting to change if the port is taken."""
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise ValueError(
+            f"SCANGUARD_WORKER__METRICS_PORT: cannot serve metrics on port {port} "
+            f"({exc.strerror or exc}); give each worker on a host its own port, or 0"
+        ) from None
 
 
 def build_worker(settings: Settings, url: str) -> Worker:
-    """Load the model and connect: everything a worker needs, or a clear error.
+    """Load the model, connect and serve metrics: everything a worker needs, or a clear error.
+
+    Redis itself is not contacted here: a worker that starts before Redis backs off
+    in its loop like one that loses it.
 
     Raises:
-        ValueError: an unusable model (`ModelLoadError`) or Redis URL.
+        ValueError: an unusable setting, model (`ModelLoadError`) or Redis URL; the
+            message names it.
     """
+    check_health_dir(settings.worker.health_dir)
     if settings.model.cpu_threads:
         # Several CPU workers on one host must share the cores: torch's default of one
         # thread per core makes them wait on each other's descheduled threads.
         torch.set_num_threads(settings.model.cpu_threads)
     model = load_model(settings.model.card, resolve_device(settings.model.device))
     # Reads block up to max_wait_ms; the socket must outlast them.
-    client = connect(url, socket_timeout=max(30.0, settings.worker.max_wait_ms / 1000 + 5))
-    return create_worker(settings, client, model)
+    client = connect(url, socket_timeout=30.0)
+    worker = create_worker(settings, client, model)
+    serve_metrics(worker.metrics, settings.worker.metrics_port)
+    return worker

@@ -24,6 +24,7 @@ from shared.keys import Keys
 from shared.redis_conn import connect, describe_url, embedded_redis
 from shared.schemas import DecisionEvent
 from shared.settings import Settings
+from shared.vocab import Verdict
 from worker.service.bootstrap import build_worker
 
 
@@ -54,7 +55,7 @@ def _summary(events: list[DecisionEvent], elapsed_s: float, labels: tuple[str, .
     benign = sum(1 for label, _ in truth if label == 0)
     rows = [
         ("frames decided", f"{len(events)}"),
-        *((f"  {v}", f"{verdicts.get(v, 0)}") for v in ("clear", "threat", "undetermined")),
+        *((f"  {v}", f"{verdicts.get(v, 0)}") for v in Verdict),
         *((f"  threat: {name}", f"{by_class.get(name, 0)}") for name in labels[1:]),
         ("throughput", f"{len(events) / max(elapsed_s, 1e-9):.1f} frames/s"),
         (

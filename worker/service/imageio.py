@@ -71,7 +71,9 @@ def _check_complete(data: bytes, content_type: str) -> None:
         raise DecodeError("PNG is truncated: no IEND chunk")
 
 
-def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
+def decode_image(
+    data: bytes, content_type: str, max_pixels: int, max_side: int = 16_384
+) -> np.ndarray:
     """Decode JPEG/PNG bytes to (H, W, 3) uint8 RGB.
 
     Grayscale, 16-bit and alpha images are accepted and converted; anything that is
@@ -81,6 +83,11 @@ def decode_image(data: bytes, content_type: str, max_pixels: int) -> np.ndarray:
     _check_complete(data, content_type)
     if width == 0 or height == 0:
         raise DecodeError(f"image header declares {width}x{height} pixels")
+    if max(width, height) > max_side:
+        # Every image on the path must stay encodable (JPEG stops at 65,500 px a side).
+        raise DecodeError(
+            f"image is {width}x{height}, a side over the {max_side}-pixel limit", DeadKind.TOO_LARGE
+        )
     if width * height > max_pixels:
         raise DecodeError(
             f"image is {width}x{height}, over the {max_pixels}-pixel limit", DeadKind.TOO_LARGE

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from shared.schemas import FrameError, parse_frame_fields
+from shared.schemas import FrameError, MetaLimits, parse_frame_fields
 from shared.vocab import DeadKind
 from worker.engine.erasing import EngineInput
 from worker.engine.preprocess import to_model_input
@@ -28,6 +28,8 @@ class IntakeLimits:
     max_frame_bytes: int
     max_pixels: int
     input_hw: tuple[int, int]  # the model's input size
+    max_side: int = 16_384
+    meta: MetaLimits = field(default_factory=MetaLimits)
 
 
 def decode_entry(
@@ -35,8 +37,8 @@ def decode_entry(
 ) -> tuple[InFlight, EngineInput] | Rejected:
     """Validate and decode one entry. Never raises for bad input: it returns `Rejected`."""
     try:
-        fields, data, enqueued = parse_frame_fields(raw, limits.max_frame_bytes)
-        original = decode_image(data, fields.content_type, limits.max_pixels)
+        fields, data, enqueued = parse_frame_fields(raw, limits.max_frame_bytes, limits.meta)
+        original = decode_image(data, fields.content_type, limits.max_pixels, limits.max_side)
     except (FrameError, DecodeError) as exc:
         return Rejected(entry_id, raw, str(exc), exc.kind, deliveries)
     frame = InFlight(entry_id, raw, fields, enqueued, original, deliveries)

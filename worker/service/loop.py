@@ -7,8 +7,14 @@ Decoding and rendering run in a thread pool so they overlap the engine step.
 
 The failure ladder: one action per failure class.
 
-- Redis unreachable (connection refused or lost, time-out): back off (capped, full
-  jitter), keep every frame in flight and every result not yet published, retry.
+- Redis unreachable (connection refused or lost, time-out), at start or later: back off
+  (capped, full jitter), keep every frame in flight and every result not yet published,
+  retry.
+- Redis up but refusing writes (out of memory under `noeviction`, MISCONF, a read-only
+  replica after a fail-over): the same back-off, kept work and retry, reported apart
+  (`redis_refusing` log, `scanguard_redis_refusals_total{kind}`, the health file's text).
+  A refused heartbeat is reported and skipped, so decisions still flow while Redis
+  accepts the publish scripts.
 - A bad frame (fields, bytes, sizes): dead letter with its reason and a `DeadKind`
   (`bad_fields`, `undecodable`, `too_large`); the rest of the batch goes on.
 - Any other exception while decoding or rendering one frame (a bug tied to that
@@ -42,9 +48,9 @@ import structlog
 
 from shared.backoff import Backoff
 from shared.keys import Keys
-from shared.schemas import DeadLetter, utc_now
+from shared.schemas import DeadLetter, MetaLimits, utc_now
 from shared.settings import Settings
-from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group
+from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group, refusal
 from shared.vocab import DeadKind
 from worker.engine.decision import DecisionPolicy
 from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
@@ -54,6 +60,7 @@ from worker.service.health import health_file
 from worker.service.intake import IntakeLimits, Rejected, decode_entry, internal_error
 from worker.service.metrics import WorkerMetrics
 from worker.service.publish import Publisher, PublishStatus
+from worker.service.upkeep import claim_stale, prune_consumers
 
 log = structlog.get_logger("scanguard.worker")
 
@@ -95,9 +102,16 @@ class Worker:
             artefact_ttl_s=ws.artefact_ttl_s,
             dedupe_ttl_s=ws.dedupe_ttl_s,
             stream_maxlen=ws.stream_maxlen,
+            dead_field_bytes=ws.dead_field_bytes,
         )
         self.health_path = health_file(ws.health_dir, self.id)
-        self._limits = IntakeLimits(ws.max_frame_bytes, ws.max_pixels, model.input_hw)
+        self._limits = IntakeLimits(
+            ws.max_frame_bytes,
+            ws.max_pixels,
+            model.input_hw,
+            max_side=ws.max_side_px,
+            meta=MetaLimits(ws.max_meta_bytes, ws.max_meta_depth),
+        )
         self.decided = 0
         self.dead = 0
         self._pool = ThreadPoolExecutor(ws.decode_threads, thread_name_prefix="scanguard-io")
@@ -110,6 +124,8 @@ class Worker:
         self._signals = 0
         self._next_heartbeat = 0.0
         self._next_reclaim = 0.0
+        self._group_ready = False
+        self._health_condition = "-"  # not written yet
         self.log = log.bind(worker_id=self.id)
 
     # -- lifecycle -----------------------------------------------------------------
@@ -145,7 +161,6 @@ class Worker:
             until: with `burst`, also wait until this returns True (e.g. producer done).
         """
         self._install_signals()
-        self.metrics.serve(self.settings.worker.metrics_port)
         backoff = Backoff(0.05, self.settings.worker.reconnect_max_s)
         self.log.info(
             "worker_started",
@@ -182,7 +197,15 @@ class Worker:
                     self.log.warning(
                         "redis_unavailable", error=str(exc), retry_in_s=round(delay, 3)
                     )
-                    self._touch_health()
+                    self._touch_health("redis unavailable")
+                    time.sleep(delay)
+                    continue
+                except redis.ResponseError as exc:
+                    kind = refusal(exc)
+                    if kind is None:
+                        raise
+                    delay = backoff.next_delay()
+                    self._report_refusal(kind, exc, retry_in_s=round(delay, 3))
                     time.sleep(delay)
                     continue
                 if burst and upstream_done and read == 0 and self._in_flight() == 0:
@@ -205,16 +228,37 @@ class Worker:
 
     # -- maintenance ---------------------------------------------------------------
 
-    def _touch_health(self) -> None:
-        self.health_path.touch()
+    def _touch_health(self, condition: str | None = None) -> None:
+        """Mark the loop alive; a new `condition` (e.g. Redis refusing writes) becomes the
+        file's text, and stays until a heartbeat gets through ("")."""
+        if condition is not None and condition != self._health_condition:
+            self.health_path.write_text(condition)
+            self._health_condition = condition
+        else:
+            self.health_path.touch()
+
+    def _report_refusal(self, kind: str, exc: Exception, **context: object) -> None:
+        self.metrics.refusals.labels(kind).inc()
+        self.log.warning("redis_refusing", kind=kind, error=str(exc), **context)
+        self._touch_health(f"redis refusing writes: {kind}")
 
     def _maintain(self) -> None:
         self._touch_health()
         now = time.monotonic()
         ws = self.settings.worker
+        if not self._group_ready:
+            self._prepare_group()
         if now >= self._next_heartbeat:
-            self._heartbeat()
             self._next_heartbeat = now + ws.heartbeat_ttl_s / 3
+            try:
+                self._heartbeat()
+                self._touch_health("")
+            except redis.ResponseError as exc:
+                kind = refusal(exc)
+                if kind is None:
+                    raise
+                # Redis may still take the publish scripts; keep deciding frames.
+                self._report_refusal(kind, exc, during="heartbeat")
         if now >= self._next_reclaim and not self._stop.is_set():
             self._reclaim()
             self._next_reclaim = now + max(ws.claim_idle_ms / 2000, 0.05)
@@ -240,6 +284,16 @@ class Worker:
         """Create the consumer group (and the stream) if they do not exist yet."""
         ensure_group(self.client, self.keys.frames, self.settings.worker.group)
 
+    def _prepare_group(self) -> None:
+        """First pass: the group exists, and consumers long gone are removed from it."""
+        ws = self.settings.worker
+        self.ensure_group()
+        for name in prune_consumers(
+            self.client, self.keys.frames, ws.group, keep=self.id, idle_s=ws.consumer_idle_s
+        ):
+            self.log.info("stale_consumer_removed", consumer=name)
+        self._group_ready = True
+
     # -- reading and decoding ------------------------------------------------------
 
     def _slots_to_fill(self) -> int:
@@ -255,13 +309,16 @@ class Worker:
         if self._stop.is_set() or count <= 0:
             return None
         idle = self._in_flight() == 0
+        # An idle read blocks at most one second at a time, so a stop request (which
+        # cannot interrupt the socket read) is seen within a second whatever max_wait_ms.
+        block_ms = min(self.settings.worker.max_wait_ms, 1_000) if idle else None
         try:
             reply: Any = self.client.xreadgroup(
                 self.settings.worker.group,
                 self.id,
                 {self.keys.frames: ">"},
                 count=count,
-                block=self.settings.worker.max_wait_ms if idle else None,
+                block=block_ms,
             )
         except redis.ResponseError as exc:
             if "NOGROUP" not in str(exc):
@@ -357,7 +414,7 @@ class Worker:
         wait(list(self._rendering), timeout=10.0)
         while self._rendering and self._rendering[0].done():
             self._outbox.append(self._rendering.popleft().result())
-        with contextlib.suppress(*REDIS_DOWN):
+        with contextlib.suppress(redis.RedisError):  # best effort: pending frames are reclaimed
             self._flush_outbox()
 
     def _flush_outbox(self) -> None:
@@ -429,48 +486,31 @@ class Worker:
     # -- reclaiming stale entries --------------------------------------------------
 
     def _reclaim(self) -> None:
-        """Take over entries another consumer left pending longer than claim_idle_ms.
-
-        XPENDING (with IDLE) names the candidates and their delivery counts; XCLAIM
-        then takes each only if it is still idle, so two workers never both win one.
-        Entries this worker holds itself are left alone.
-        """
+        """Take over frames other consumers left pending longer than claim_idle_ms."""
         ws = self.settings.worker
         count = self._slots_to_fill()
         if count <= 0:
             return
-        stale: Any = self.client.xpending_range(
+        for item in claim_stale(
+            self.client,
             self.keys.frames,
             ws.group,
-            min="-",
-            max="+",
-            count=count + len(self._owned),
-            idle=ws.claim_idle_ms,
-        )
-        candidates = {
-            p["message_id"].decode(): int(p["times_delivered"])
-            for p in stale
-            if p["message_id"].decode() not in self._owned
-        }
-        if not candidates:
-            return
-        ids = list(candidates)[:count]
-        claimed: Any = self.client.xclaim(
-            self.keys.frames, ws.group, self.id, ws.claim_idle_ms, ids
-        )
-        for raw_id, raw in claimed:
-            entry_id = raw_id.decode()
-            deliveries = candidates[entry_id] + 1  # XCLAIM counted one more delivery
+            self.id,
+            idle_ms=ws.claim_idle_ms,
+            count=count,
+            owned=self._owned,
+        ):
+            entry_id, deliveries = item.entry_id, item.deliveries
             self.metrics.redeliveries.inc()
             self.log.info("frame_reclaimed", entry_id=entry_id, deliveries=deliveries)
             self._owned.add(entry_id)
-            if not raw:
+            if not item.raw:
                 reason = "entry was deleted before it was decided"
                 self._outbox.append(Rejected(entry_id, {}, reason, DeadKind.DELETED, deliveries))
             elif deliveries > ws.max_deliveries:
                 reason = f"delivered {deliveries} times without a decision (max_deliveries={ws.max_deliveries})"
                 self._outbox.append(
-                    Rejected(entry_id, raw, reason, DeadKind.MAX_DELIVERIES, deliveries)
+                    Rejected(entry_id, item.raw, reason, DeadKind.MAX_DELIVERIES, deliveries)
                 )
             else:
-                self._submit_decode(entry_id, raw, deliveries)
+                self._submit_decode(entry_id, item.raw, deliveries)

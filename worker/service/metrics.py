@@ -48,6 +48,12 @@ class WorkerMetrics:
             registry=r,
         )
         self.backlog = Gauge("scanguard_backlog", "Entries in the frames stream", registry=r)
+        self.refusals = Counter(
+            "scanguard_redis_refusals_total",
+            "Redis write refusals (out of memory, MISCONF, read-only), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.reconnects = Counter(
             "scanguard_redis_reconnects_total", "Redis connection losses", registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from importlib import resources
 
 import redis
@@ -34,12 +35,14 @@ class Publisher:
         artefact_ttl_s: int,
         dedupe_ttl_s: int,
         stream_maxlen: int,
+        dead_field_bytes: int = 65_536,
     ) -> None:
         self.keys = keys
         self.group = group
         self.artefact_ttl_s = artefact_ttl_s
         self.dedupe_ttl_s = dedupe_ttl_s
         self.stream_maxlen = stream_maxlen
+        self.dead_field_bytes = dead_field_bytes
         self._publish = client.register_script(_script("publish.lua"))
         self._dead = client.register_script(_script("dead.lua"))
 
@@ -90,13 +93,24 @@ class Publisher:
         return PublishStatus(int(status))
 
     def dead_letter(self, letter: DeadLetter, fields: dict[bytes, bytes]) -> bool:
-        """Move the frame to the dead-letter stream with its reason; False if already acked."""
+        """Move the frame to the dead-letter stream with its reason; False if already acked.
+
+        The frame's fields travel with the letter (`frame_<name>`), each cut to
+        `dead_field_bytes`; the full sizes of cut fields are noted in `frame_truncated`
+        (JSON), so an oversized frame costs the dead-letter stream a bounded amount.
+        """
         args: list[bytes | str | int] = [
             self.group,
             letter.entry_id,
             letter.to_json(),
             self.stream_maxlen,
         ]
+        truncated: dict[str, int] = {}
         for name, value in fields.items():
+            if len(value) > self.dead_field_bytes:
+                truncated[name.decode(errors="replace")] = len(value)
+                value = value[: self.dead_field_bytes]
             args.extend((name, value))
+        if truncated:
+            args.extend((b"truncated", json.dumps(truncated)))
         return bool(self._dead(keys=[self.keys.frames, self.keys.dead], args=args))

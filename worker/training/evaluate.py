@@ -16,12 +16,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 import cv2
 import numpy as np
 import torch
 
 from producer.synthetic import DEFAULT_SIZE, SyntheticScanner
+from shared.vocab import ExhaustedOutcome
 from worker.engine.decision import DecisionPolicy, Verdict
 from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
 from worker.engine.model import LoadedModel, load_model
@@ -77,9 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reconsider-th", type=float, nargs="+", default=list(SweepGrid.reconsider_th)
     )
     parser.add_argument("--max-iters", type=int, nargs="+", default=list(SweepGrid.max_iter))
-    parser.add_argument(
-        "--on-exhausted", default="argmax", choices=["argmax", "clear", "undetermined"]
-    )
+    parser.add_argument("--on-exhausted", default="argmax", choices=get_args(ExhaustedOutcome))
     parser.add_argument(
         "--far-margin",
         type=float,

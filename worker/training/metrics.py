@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.vocab import ExhaustedOutcome
 from worker.engine.decision import DecisionPolicy, Verdict, decide_after_forward
 
 Labels = Sequence[int] | np.ndarray  # true class per frame
@@ -113,7 +114,7 @@ class SweepGrid:
     reconsider_th: tuple[float, ...] = (0.0001, 0.001, 0.01, 0.03)
     max_iter: tuple[int, ...] = (1, 2, 3, 4, 5)
 
-    def policies(self, fill: float, on_exhausted: str) -> list[DecisionPolicy]:
+    def policies(self, fill: float, on_exhausted: ExhaustedOutcome) -> list[DecisionPolicy]:
         return [
             DecisionPolicy(
                 detect_th=d, reconsider_th=r, max_iter=m, on_exhausted=on_exhausted, fill=fill
