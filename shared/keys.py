@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-ARTEFACT_KINDS = ("masked", "heatmap")
+ARTEFACT_KINDS = ("original", "masked", "heatmap")
 # Ids that may stand inside key names, file paths and URLs; matched whole (`fullmatch`:
 # `$` would let a trailing newline through).
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
@@ -61,6 +61,25 @@ class Keys:
     def verdicts(self) -> str:
         """Operators' verdicts on alerts (the console appends; labelled data for the next model)."""
         return f"{self.prefix}:verdicts"
+
+    @property
+    def bags(self) -> str:
+        """One `scanguard.bag/1` event per bag, exactly once."""
+        return f"{self.prefix}:bags"
+
+    @property
+    def bags_open(self) -> str:
+        """Sorted set of open bags, scored by their deadline (ms since the epoch)."""
+        return f"{self.prefix}:bags:open"
+
+    def bag(self, bag_id: str) -> str:
+        """Hash of one bag's state: expected views, each decided view, closed marker."""
+        return f"{self.prefix}:bag:{check_id(bag_id, 'bag id')}"
+
+    @property
+    def review(self) -> str:
+        """Threat and undetermined bags: the operators' work queue."""
+        return f"{self.prefix}:review"
 
     @property
     def stats(self) -> str:

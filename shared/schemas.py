@@ -11,14 +11,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import from_json, to_json
 
 from shared.keys import check_id
-from shared.vocab import DeadKind, ExhaustedOutcome, HeadFusion, Verdict
+from shared.vocab import BagReason, DeadKind, ExhaustedOutcome, HeadFusion, Verdict
 
 DECISION_SCHEMA: Final = "scanguard.decision/1"
 DEAD_SCHEMA: Final = "scanguard.dead/1"
+BAG_SCHEMA: Final = "scanguard.bag/1"
 FRAME_SCHEMA: Final = "scanguard.frame/1"
 CONTENT_TYPES = ("image/jpeg", "image/png")
 
@@ -46,11 +54,33 @@ class FrameFields(BaseModel):
     captured_at: datetime
     content_type: Literal["image/jpeg", "image/png"]
     meta: dict[str, Any] = Field(default_factory=dict)
+    # A bag (object of inspection) seen in `views` views; this frame is view `view`
+    # (0-based). All three or none: a frame without them is a one-view bag of its own.
+    bag_id: str | None = None
+    view: int | None = Field(None, ge=0)
+    views: int | None = Field(None, ge=1)
 
-    @field_validator("frame_id", "scanner_id")
+    @field_validator("frame_id", "scanner_id", "bag_id")
     @classmethod
-    def _safe(cls, value: str) -> str:
-        return check_id(value)
+    def _safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value)
+
+    @model_validator(mode="after")
+    def _bag_complete(self) -> FrameFields:
+        given = [name for name in ("bag_id", "view", "views") if getattr(self, name) is not None]
+        if given and len(given) != 3:
+            missing = sorted({"bag_id", "view", "views"} - set(given))
+            raise ValueError(f"bag fields come together: {', '.join(missing)} missing")
+        if self.view is not None and self.views is not None and self.view >= self.views:
+            raise ValueError(f"view {self.view} does not exist in a bag of {self.views} views")
+        return self
+
+    @property
+    def bag(self) -> tuple[str, int, int]:
+        """(bag id, view, views); a frame without bag fields is view 0 of 1 of its own bag."""
+        if self.bag_id is None or self.view is None or self.views is None:
+            return self.frame_id, 0, 1
+        return self.bag_id, self.view, self.views
 
     @field_validator("captured_at")
     @classmethod
@@ -69,6 +99,11 @@ class FrameFields(BaseModel):
             "enqueued_at": (enqueued_at or utc_now()).isoformat(),
             "content_type": self.content_type,
             "meta": json.dumps(self.meta, separators=(",", ":")),
+            **(
+                {"bag_id": self.bag_id, "view": str(self.view), "views": str(self.views)}
+                if self.bag_id is not None
+                else {}
+            ),
             "image": image,
         }
 
@@ -176,8 +211,19 @@ class Detection(BaseModel):
     probability: float
 
 
+class Roi(BaseModel):
+    """A region the model attended to: a box in frame pixels with its attention."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    peak: float  # highest attention inside the box (the mask is max-normalised: ≤ 1)
+    mean: float  # mean attention over the box's connected region
+
+
 class ArtefactRef(BaseModel):
-    kind: Literal["masked", "heatmap"]
+    kind: Literal["original", "masked", "heatmap"]
     key: str
     content_type: str
     bytes: int
@@ -227,10 +273,61 @@ class DecisionEvent(BaseModel):
     worker_id: str
     artefacts: list[ArtefactRef]
     meta: dict[str, Any] = Field(default_factory=dict)
+    rois: list[Roi] = Field(default_factory=list)  # largest first
+    bag_id: str | None = None  # the frame's own id for a one-view bag
+    view: int = 0
+    views: int = 1
 
     # Readers put these ids into key names and file paths (artefacts, archives, reports):
     # an event that carries an unsafe one is not a decision event.
-    @field_validator("event_id", "frame_id", "scanner_id", "worker_id")
+    @field_validator("event_id", "frame_id", "scanner_id", "worker_id", "bag_id")
+    @classmethod
+    def _safe(cls, value: str | None) -> str | None:
+        return None if value is None else check_id(value)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True)
+
+
+class BagView(BaseModel):
+    """One decided view as its bag remembers it (the view's full event is on results)."""
+
+    view: int
+    frame_id: str
+    entry_id: str
+    event_id: str
+    captured_at: datetime
+    decision: Verdict
+    detections: list[Detection]
+    rois: list[Roi]
+    artefacts: list[ArtefactRef]
+    model: ModelRef
+
+
+class BagEvent(BaseModel):
+    """One per bag, exactly once, on `{ns}:bags`; threat and undetermined bags also on
+    `{ns}:review`. Threat if any view is a threat; else undetermined if any view is
+    undetermined or missing at the deadline; else clear."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    schema_: Literal["scanguard.bag/1"] = Field(BAG_SCHEMA, alias="schema")
+    event_id: str
+    bag_id: str
+    scanner_id: str
+    decision: Verdict
+    reason: BagReason
+    classes: list[Detection]  # union over views, highest probability per class
+    views: list[BagView]  # decided views, by view index
+    views_expected: int
+    missing_views: list[int]
+    first_captured_at: datetime
+    decided_at: datetime
+    latency_ms: float  # decided_at - first_captured_at
+    model: ModelRef | None  # the model of the decided views (None if no view was decided)
+    closed_by: str  # worker id
+
+    @field_validator("event_id", "bag_id", "scanner_id", "closed_by")
     @classmethod
     def _safe(cls, value: str) -> str:
         return check_id(value)

@@ -119,6 +119,21 @@ class WorkerSettings(BaseModel):
     )
     jpeg_quality: int = Field(85, ge=1, le=100)
     reconnect_max_s: float = Field(10.0, gt=0)
+    bag_deadline_ms: int = Field(
+        10_000,
+        ge=100,
+        description="a bag still missing views this long after its first capture closes undetermined",
+    )
+    max_views: int = Field(8, ge=1, le=64, description="most views a bag may declare")
+    review_ttl_s: int = Field(
+        86_400,
+        ge=60,
+        description="originals and artefacts of bags sent to review are kept this long",
+    )
+    roi_threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="attention (of its maximum) that a ROI pixel reaches"
+    )
+    max_rois: int = Field(5, ge=0, le=64, description="ROIs per view, largest first")
 
     @field_validator("id")
     @classmethod

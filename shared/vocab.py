@@ -46,6 +46,14 @@ class DeadKind(Word):
     MAX_DELIVERIES = "max_deliveries"  # delivered too often without a decision
     DELETED = "deleted"  # the entry vanished before it was decided
     INTERNAL = "internal"  # a bug met while decoding or rendering this frame
+    BAD_BAG = "bad_bag"  # a view that contradicts its bag (seen twice, another view count)
+
+
+class BagReason(Word):
+    """Why a bag closed."""
+
+    ALL_VIEWS = "all_views"  # every view was decided
+    DEADLINE = "deadline"  # bag_deadline_ms passed first; missing views make it undetermined
 
 
 ExhaustedOutcome = Literal["undetermined", "clear", "argmax"]

@@ -23,6 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from shared.console import data
 from shared.console.auth import TokenGate
+from shared.console.headers import SecurityHeaders, server_error
 from shared.console.stream import alert_events
 from shared.keys import Keys, check_id
 from shared.settings import Settings
@@ -129,7 +130,13 @@ async def post_verdict(request: Request) -> Response:
         return _bad(
             "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 422
         )
-    entry = await run_in_threadpool(data.record_verdict, console.client, console.keys, verdict)
+    entry = await run_in_threadpool(
+        data.record_verdict,
+        console.client,
+        console.keys,
+        verdict,
+        maxlen=console.settings.verdicts_maxlen,
+    )
     if entry is None:
         return _bad("no such alert", 404)
     log.info(
@@ -173,7 +180,8 @@ async def config(request: Request) -> Response:
 def create_app(settings: Settings, client: redis.Redis) -> Starlette:
     """The console app for one namespace, reading through `client`."""
     cs = settings.console
-    middleware = []
+    # Outermost, so the gate's 401 and the host check's 400 carry the headers too.
+    middleware = [Middleware(SecurityHeaders)]
     if cs.token is not None:
         middleware.append(Middleware(TokenGate, token=cs.token.get_secret_value()))
     else:
@@ -193,7 +201,9 @@ def create_app(settings: Settings, client: redis.Redis) -> Starlette:
         Route("/api/verdicts", post_verdict, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=middleware)
+    app = Starlette(
+        routes=routes, middleware=middleware, exception_handlers={Exception: server_error}
+    )
     app.state.console = Console(settings, client)
     return app
 

@@ -32,7 +32,7 @@ class TokenGate:
         headers = Headers(scope=scope)
         from_query = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
         if from_query and self._valid(from_query):
-            response: Response = RedirectResponse(scope["path"], status_code=303)
+            response: Response = RedirectResponse(same_site_path(scope["path"]), status_code=303)
             response.set_cookie(
                 COOKIE,
                 from_query,
@@ -55,3 +55,19 @@ class TokenGate:
 
     def _valid(self, supplied: str) -> bool:
         return bool(supplied) and hmac.compare_digest(supplied.encode(), self.token)
+
+
+def same_site_path(path: str) -> str:
+    """`path` if a browser reads it as a path on this site, else `/`.
+
+    `//host/…` is a link to another site, and browsers read `/\\host/…` the same way
+    (they take `\\` for `/` and drop tabs and new lines), so only one leading `/`
+    followed by anything but `/` or `\\`, without control characters, is kept.
+    """
+    if (
+        not path.startswith("/")
+        or path[1:2] in ("/", "\\")
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path)
+    ):
+        return "/"
+    return path

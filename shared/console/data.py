@@ -136,8 +136,10 @@ def newest_alert_id(client: redis.Redis, keys: Keys) -> str:
 # -- verdicts ---------------------------------------------------------------------------
 
 
-def record_verdict(client: redis.Redis, keys: Keys, verdict: VerdictIn) -> str | None:
-    """Append the verdict to `{ns}:verdicts`; None if no such alert exists.
+def record_verdict(
+    client: redis.Redis, keys: Keys, verdict: VerdictIn, *, maxlen: int
+) -> str | None:
+    """Append the verdict to `{ns}:verdicts`, kept near `maxlen` entries; None if no such alert.
 
     The entry carries the alert id, verdict, operator and time, plus the frame,
     scanner, detected classes and model, so it is usable as a label on its own.
@@ -157,7 +159,14 @@ def record_verdict(client: redis.Redis, keys: Keys, verdict: VerdictIn) -> str |
         "classes": ",".join(d.label for d in event.detections),
         "model_id": event.model.id,
     }
-    return bytes(client.xadd(keys.verdicts, fields)).decode()  # type: ignore[arg-type]
+    # `~`: Redis trims whole nodes only, which keeps the trim cheap on every append.
+    entry: Any = client.xadd(
+        keys.verdicts,
+        fields,  # type: ignore[arg-type]
+        maxlen=maxlen,
+        approximate=True,
+    )
+    return bytes(entry).decode()
 
 
 def latest_verdicts(

@@ -4,7 +4,9 @@ It reads `{ns}:results` and/or `{ns}:alerts` through a consumer group of its own
 so it never competes with workers and resumes after the last entry it acknowledged.
 An entry is acknowledged only after a job for every configured sink is enqueued; a
 crash in between redelivers the entry, and the derived job ids stop it from being
-delivered twice.
+delivered twice. An entry that is not a readable decision event is acknowledged,
+logged (`event_unreadable`) and counted: left pending it would come back on every
+restart and claim, for ever; it stays on the stream for anyone to inspect.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Dispatcher:
         self.queue = make_queue(client, ds.queue)
         self.enqueued = 0
         self.duplicates = 0
+        self.unreadable = 0
         self._stop = threading.Event()
         self._next_claim = 0.0
         self.log = log.bind(consumer=self.consumer, group=ds.group)
@@ -103,7 +106,11 @@ class Dispatcher:
                 reason = "burst_done"
                 break
         self.log.info(
-            "dispatcher_stopped", reason=reason, enqueued=self.enqueued, duplicates=self.duplicates
+            "dispatcher_stopped",
+            reason=reason,
+            enqueued=self.enqueued,
+            duplicates=self.duplicates,
+            unreadable=self.unreadable,
         )
         return 0
 
@@ -134,7 +141,7 @@ class Dispatcher:
                 if not entries:
                     break
                 self._dispatch(key, entries)
-                cursor = entries[-1][0].decode()  # unreadable entries stay pending; step past them
+                cursor = entries[-1][0].decode()
 
     def _claim_stale(self) -> None:
         """Take over entries another dispatcher of the group left pending too long."""
@@ -159,9 +166,9 @@ class Dispatcher:
     # -- dispatching ---------------------------------------------------------------
 
     def _dispatch(self, key: str, entries: list[Any]) -> int:
-        """Enqueue every sink's job for each readable entry, then acknowledge those entries."""
+        """Enqueue every sink's job for each readable entry, then acknowledge all entries."""
         done: list[str] = []
-        fresh = dupes = 0
+        fresh = dupes = unreadable = 0
         for raw_id, fields in entries:
             entry_id = raw_id.decode()
             if not fields:  # trimmed from the stream while pending: nothing left to deliver
@@ -171,8 +178,11 @@ class Dispatcher:
             try:
                 event = parse_event(fields)
             except EventError as exc:
-                # Left pending: a newer event schema must not be lost to an older dispatcher.
+                # No retry can make it readable (an unsafe id, JSON nested too deep, another
+                # schema), so it is acknowledged rather than left to wedge the group.
                 self.log.warning("event_unreadable", stream=key, entry_id=entry_id, reason=str(exc))
+                unreadable += 1
+                done.append(entry_id)
                 continue
             body = fields[b"event"].decode()
             for sink in self.ds.sinks:
@@ -185,6 +195,7 @@ class Dispatcher:
             self.client.xack(key, self.ds.group, *done)
         self.enqueued += fresh
         self.duplicates += dupes
+        self.unreadable += unreadable
         if entries:
             self.log.info(
                 "batch_dispatched",
@@ -193,5 +204,6 @@ class Dispatcher:
                 acked=len(done),
                 enqueued=fresh,
                 duplicates=dupes,
+                unreadable=unreadable,
             )
         return len(entries)

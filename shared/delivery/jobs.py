@@ -61,6 +61,7 @@ def enqueue(
             retry=retry_policy(ds),
             timeout=ds.job_timeout_s,
             result_ttl=ds.dedupe_ttl_s,  # the finished job keeps its id taken this long
+            failure_ttl=ds.failure_ttl_s,  # a failed job stays for `rq info`, then goes
             unique=True,
         )
     except DuplicateJobError:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from shared.client import EXTENSIONS
+from shared.delivery.deadline import Deadline, build_opener
+from shared.keys import check_id
 from shared.schemas import ArtefactRef, DecisionEvent
 from shared.settings import Settings
 
@@ -102,13 +104,16 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 class WebhookSink:
     """POST the event JSON, signed with HMAC-SHA256 over the body with a shared secret."""
 
-    def __init__(self, url: str, secret: bytes, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str, secret: bytes, timeout_s: float = 5.0, deadline_s: float = 30.0
+    ) -> None:
         self.url = url
         self.secret = secret
-        self.timeout_s = timeout_s
-        self._opener = urllib.request.build_opener(_NoRedirects)
+        self.timeout_s = timeout_s  # connect and each read
+        self.deadline_s = deadline_s  # the whole delivery, however slowly the receiver answers
 
     def deliver(self, delivery: Delivery) -> str:
+        opener = build_opener(Deadline(self.deadline_s, self.timeout_s), _NoRedirects)
         body = delivery.body.encode()
         request = urllib.request.Request(
             self.url,
@@ -123,7 +128,7 @@ class WebhookSink:
             },
         )
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
+            with opener.open(request, timeout=self.timeout_s) as response:
                 status = int(response.status)
         except urllib.error.HTTPError as exc:
             raise SinkError(f"webhook answered HTTP {exc.code}") from None
@@ -139,7 +144,10 @@ def webhook_from_settings(settings: Settings) -> WebhookSink:
             "the webhook sink needs SCANGUARD_DELIVERY__WEBHOOK_URL and __WEBHOOK_SECRET"
         )
     return WebhookSink(
-        ds.webhook_url, ds.webhook_secret.get_secret_value().encode(), ds.webhook_timeout_s
+        ds.webhook_url,
+        ds.webhook_secret.get_secret_value().encode(),
+        ds.webhook_timeout_s,
+        ds.webhook_deadline_s,
     )
 
 
@@ -158,8 +166,19 @@ class ArchiveSink:
         self.root = root
 
     def folder(self, event: DecisionEvent) -> Path:
+        """The event's folder, always inside the root.
+
+        Raises:
+            ValueError: the event id could not stand as a folder name (`/x`, `../x`).
+        """
         day = event.decided_at
-        return self.root / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / event.event_id
+        # Checked here as well as in the schema: a sink may be handed an event built
+        # without validation, and an absolute or `..` id would leave the root.
+        event_id = check_id(event.event_id, "event id")
+        final = self.root / f"{day:%Y}" / f"{day:%m}" / f"{day:%d}" / event_id
+        if not final.resolve().is_relative_to(self.root.resolve()):
+            raise ValueError(f"event {event_id!r} would be archived outside {self.root}")
+        return final
 
     def deliver(self, delivery: Delivery) -> str:
         final = self.folder(delivery.event)

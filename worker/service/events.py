@@ -19,10 +19,13 @@ from shared.schemas import (
     Thresholds,
     utc_now,
 )
+from shared.vocab import Verdict
 from worker.engine.decision import DecisionPolicy
 from worker.engine.erasing import FrameResult
 from worker.engine.model import LoadedModel
+from worker.service.publish import Outcome
 from worker.service.render import erased_image, heatmap_overlay
+from worker.service.rois import rois_from_mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,13 +40,35 @@ class InFlight:
     deliveries: int
 
 
-@dataclass(frozen=True, eq=False)
-class Rendered:
-    """A decided frame, ready for the atomic publish."""
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a decided frame becomes its event and artefacts."""
 
-    event: DecisionEvent
-    masked: bytes | None
-    heatmap: bytes | None
+    artefact_ttl_s: int  # erased image and heat-map
+    original_ttl_s: int  # the received bytes, until the bag closes (then review or gone)
+    jpeg_quality: int
+    roi_threshold: float
+    max_rois: int
+
+
+def _ref(
+    keys: Keys,
+    event_id: str,
+    kind: str,
+    data: bytes,
+    content_type: str,
+    hw: tuple[int, int],
+    expires: datetime,
+) -> ArtefactRef:
+    return ArtefactRef(
+        kind=kind,  # one of ARTEFACT_KINDS, checked by keys.artefact
+        key=keys.artefact(event_id, kind),
+        content_type=content_type,
+        bytes=len(data),
+        width=hw[1],
+        height=hw[0],
+        expires_at=expires,
+    )
 
 
 def render(
@@ -54,36 +79,39 @@ def render(
     policy: DecisionPolicy,
     keys: Keys,
     worker_id: str,
-    artefact_ttl_s: int,
-    jpeg_quality: int,
-) -> Rendered:
-    """Build the decision event; threats get the erased image and heat-map as JPEG."""
+    options: RenderOptions,
+) -> Outcome:
+    """Build the decision event with its ROIs; every view keeps its original (until its bag
+    closes), and views that are not clear get the erased image and heat-map as JPEG."""
     event_id = uuid.uuid4().hex
     decided_at = utc_now()
-    artefacts: list[ArtefactRef] = []
+    hw = frame.original.shape[:2]
+    original = frame.raw[b"image"]
+    artefacts = [
+        _ref(
+            keys,
+            event_id,
+            "original",
+            original,
+            frame.fields.content_type,
+            hw,
+            decided_at + timedelta(seconds=options.original_ttl_s),
+        )
+    ]
     masked = heatmap = None
-    if result.verdict.value == "threat":
-        expires = decided_at + timedelta(seconds=artefact_ttl_s)
-        rows, cols = frame.original.shape[:2]
+    if result.verdict != Verdict.CLEAR:
+        expires = decided_at + timedelta(seconds=options.artefact_ttl_s)
         masked = encode_image(
-            erased_image(frame.original, result.erase_mask, policy.fill), quality=jpeg_quality
+            erased_image(frame.original, result.erase_mask, policy.fill),
+            quality=options.jpeg_quality,
         )
         heatmap = encode_image(
-            heatmap_overlay(frame.original, result.mask_grid), quality=jpeg_quality
+            heatmap_overlay(frame.original, result.mask_grid), quality=options.jpeg_quality
         )
-        for kind, data in (("masked", masked), ("heatmap", heatmap)):
-            artefacts.append(
-                ArtefactRef(
-                    kind=kind,
-                    key=keys.artefact(event_id, kind),
-                    content_type="image/jpeg",
-                    bytes=len(data),
-                    width=cols,
-                    height=rows,
-                    expires_at=expires,
-                )
-            )
+        artefacts.append(_ref(keys, event_id, "masked", masked, "image/jpeg", hw, expires))
+        artefacts.append(_ref(keys, event_id, "heatmap", heatmap, "image/jpeg", hw, expires))
     labels = model.labels
+    bag_id, view, views = frame.fields.bag
     event = DecisionEvent(
         event_id=event_id,
         frame_id=frame.fields.frame_id,
@@ -93,7 +121,7 @@ def render(
         enqueued_at=frame.enqueued_at,
         decided_at=decided_at,
         latency_ms=(decided_at - frame.fields.captured_at).total_seconds() * 1000.0,
-        decision=result.verdict.value,
+        decision=result.verdict,
         detections=[
             Detection(class_id=c, label=labels[c], probability=result.probabilities[c])
             for c in result.classes
@@ -107,5 +135,9 @@ def render(
         worker_id=worker_id,
         artefacts=artefacts,
         meta=frame.fields.meta,
+        rois=rois_from_mask(result.mask_grid, hw, options.roi_threshold, options.max_rois),
+        bag_id=bag_id,
+        view=view,
+        views=views,
     )
-    return Rendered(event, masked, heatmap)
+    return Outcome(event, original, masked, heatmap)

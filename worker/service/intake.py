@@ -29,6 +29,7 @@ class IntakeLimits:
     max_pixels: int
     input_hw: tuple[int, int]  # the model's input size
     max_side: int = 16_384
+    max_views: int = 8
     meta: MetaLimits = field(default_factory=MetaLimits)
 
 
@@ -38,6 +39,9 @@ def decode_entry(
     """Validate and decode one entry. Never raises for bad input: it returns `Rejected`."""
     try:
         fields, data, enqueued = parse_frame_fields(raw, limits.max_frame_bytes, limits.meta)
+        if fields.views is not None and fields.views > limits.max_views:
+            reason = f"bag {fields.bag_id} declares {fields.views} views, over the limit of {limits.max_views}"
+            return Rejected(entry_id, raw, reason, DeadKind.BAD_BAG, deliveries)
         original = decode_image(data, fields.content_type, limits.max_pixels, limits.max_side)
     except (FrameError, DecodeError) as exc:
         return Rejected(entry_id, raw, str(exc), exc.kind, deliveries)

@@ -38,7 +38,7 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -48,18 +48,19 @@ import structlog
 
 from shared.backoff import Backoff
 from shared.keys import Keys
-from shared.schemas import DeadLetter, MetaLimits, utc_now
+from shared.schemas import BagEvent, DeadLetter, MetaLimits, utc_now
 from shared.settings import Settings
 from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group, refusal
 from shared.vocab import DeadKind
 from worker.engine.decision import DecisionPolicy
 from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
 from worker.engine.model import LoadedModel
-from worker.service.events import InFlight, Rendered, render
+from worker.service.bags import BagCloser
+from worker.service.events import InFlight, RenderOptions, render
 from worker.service.health import health_file
 from worker.service.intake import IntakeLimits, Rejected, decode_entry, internal_error
 from worker.service.metrics import WorkerMetrics
-from worker.service.publish import Publisher, PublishStatus
+from worker.service.publish import Lifetimes, Outcome, Publisher, PublishStatus
 from worker.service.upkeep import claim_stale, prune_consumers
 
 log = structlog.get_logger("scanguard.worker")
@@ -95,14 +96,29 @@ class Worker:
             max_batch=settings.model.max_batch,
             precision=settings.model.precision,
         )
+        lifetimes = Lifetimes(ws.artefact_ttl_s, ws.dedupe_ttl_s, ws.bag_deadline_ms)
         self.publisher = Publisher(
             client,
             self.keys,
             ws.group,
-            artefact_ttl_s=ws.artefact_ttl_s,
-            dedupe_ttl_s=ws.dedupe_ttl_s,
+            lifetimes=lifetimes,
             stream_maxlen=ws.stream_maxlen,
             dead_field_bytes=ws.dead_field_bytes,
+        )
+        self.bags = BagCloser(
+            client,
+            self.keys,
+            self.id,
+            review_ttl_s=ws.review_ttl_s,
+            closed_ttl_s=ws.dedupe_ttl_s,
+            stream_maxlen=ws.stream_maxlen,
+        )
+        self._render_options = RenderOptions(
+            artefact_ttl_s=ws.artefact_ttl_s,
+            original_ttl_s=lifetimes.open_bag_ttl_s,
+            jpeg_quality=ws.jpeg_quality,
+            roi_threshold=ws.roi_threshold,
+            max_rois=ws.max_rois,
         )
         self.health_path = health_file(ws.health_dir, self.id)
         self._limits = IntakeLimits(
@@ -110,6 +126,7 @@ class Worker:
             ws.max_pixels,
             model.input_hw,
             max_side=ws.max_side_px,
+            max_views=ws.max_views,
             meta=MetaLimits(ws.max_meta_bytes, ws.max_meta_depth),
         )
         self.decided = 0
@@ -118,12 +135,13 @@ class Worker:
         self._decoding: deque[Future[tuple[InFlight, EngineInput] | Rejected]] = deque()
         self._in_engine: dict[str, InFlight] = {}
         self._owned: set[str] = set()  # entry ids read or claimed and not yet published
-        self._rendering: deque[Future[Rendered | Rejected]] = deque()
-        self._outbox: deque[Rendered | Rejected] = deque()
+        self._rendering: deque[Future[Outcome | Rejected]] = deque()
+        self._outbox: deque[Outcome | Rejected] = deque()
         self._stop = threading.Event()
         self._signals = 0
         self._next_heartbeat = 0.0
         self._next_reclaim = 0.0
+        self._next_bag_check = 0.0
         self._group_ready = False
         self._health_condition = "-"  # not written yet
         self.log = log.bind(worker_id=self.id)
@@ -259,6 +277,9 @@ class Worker:
                     raise
                 # Redis may still take the publish scripts; keep deciding frames.
                 self._report_refusal(kind, exc, during="heartbeat")
+        if now >= self._next_bag_check:
+            self._close_due_bags()
+            self._next_bag_check = now + min(ws.bag_deadline_ms / 4000, 1.0)
         if now >= self._next_reclaim and not self._stop.is_set():
             self._reclaim()
             self._next_reclaim = now + max(ws.claim_idle_ms / 2000, 0.05)
@@ -347,8 +368,7 @@ class Worker:
             self.log.exception("decode_failed", entry_id=entry_id)
             return internal_error(entry_id, raw, deliveries, exc)
 
-    def _render(self, frame: InFlight, result: FrameResult) -> Rendered | Rejected:
-        ws = self.settings.worker
+    def _render(self, frame: InFlight, result: FrameResult) -> Outcome | Rejected:
         try:
             return render(
                 frame,
@@ -357,8 +377,7 @@ class Worker:
                 policy=self.policy,
                 keys=self.keys,
                 worker_id=self.id,
-                artefact_ttl_s=ws.artefact_ttl_s,
-                jpeg_quality=ws.jpeg_quality,
+                options=self._render_options,
             )
         except Exception as exc:  # a bug tied to this frame: it alone is dead-lettered
             self.log.exception("render_failed", entry_id=frame.entry_id)
@@ -418,26 +437,49 @@ class Worker:
             self._flush_outbox()
 
     def _flush_outbox(self) -> None:
-        batch = {"published": 0, "discarded": 0, "duplicate": 0, "dead": 0}
+        batch: Counter[str] = Counter()
         while self._outbox:
             item = self._outbox[0]
             if isinstance(item, Rejected):
                 self._dead_letter(item)
+                self._outbox.popleft()  # only after Redis took it: an outage keeps it queued
+                self._owned.discard(item.entry_id)
                 batch["dead"] += 1
-            else:
-                status = self.publisher.decision(item.event, item.masked, item.heatmap)
-                self._account(item, status)
-                batch[status.name.lower()] += 1
-            self._outbox.popleft()  # only after Redis took it: an outage keeps it queued
-            self._owned.discard(
-                item.entry_id if isinstance(item, Rejected) else item.event.entry_id
-            )
-        if any(batch.values()):
+                continue
+            status = self.publisher.decision(item)
+            self._outbox.popleft()
+            self._owned.discard(item.event.entry_id)
+            batch[status.name.lower()] += 1
+            self._account(item, status)
+            if status is PublishStatus.BAG_COMPLETE:
+                # Published already: if Redis goes before the close, the deadline closes it.
+                self._close_bag(item.event.bag_id or item.event.frame_id)
+        if batch:
             self.log.info("batch_done", active=self.engine.active, **batch)
 
-    def _account(self, item: Rendered, status: PublishStatus) -> None:
+    def _close_bag(self, bag_id: str) -> None:
+        event = self.bags.close(bag_id)
+        if event is not None:
+            self._bag_closed(event)
+
+    def _close_due_bags(self) -> None:
+        """Maintenance: bags past their deadline close now (undetermined if views are missing)."""
+        for event in self.bags.close_due(int(time.time() * 1000)):
+            self._bag_closed(event)
+
+    def _bag_closed(self, event: BagEvent) -> None:
+        self.metrics.bags.labels(event.decision.value, event.reason.value).inc()
+        self.log.debug(
+            "bag_closed",
+            bag_id=event.bag_id,
+            decision=event.decision.value,
+            reason=event.reason.value,
+            missing_views=event.missing_views,
+        )
+
+    def _account(self, item: Outcome, status: PublishStatus) -> None:
         event = item.event
-        if status is PublishStatus.PUBLISHED:
+        if status.published:
             self.decided += 1
             self.metrics.frames.labels(event.decision).inc()
             self.metrics.iterations.observe(event.iterations)
@@ -453,10 +495,15 @@ class Worker:
         elif status is PublishStatus.DISCARDED:
             self.metrics.discarded.inc()
             self.log.warning("publish_discarded", frame_id=event.frame_id, entry_id=event.entry_id)
+            if status is PublishStatus.LATE:
+                self.log.info("late_view", bag_id=event.bag_id, frame_id=event.frame_id)
         else:
+            kind = DeadKind.DUPLICATE if status is PublishStatus.DUPLICATE else DeadKind.BAD_BAG
             self.dead += 1
-            self.metrics.dead.labels(DeadKind.DUPLICATE.value).inc()
-            self.log.warning("duplicate_frame", frame_id=event.frame_id, entry_id=event.entry_id)
+            self.metrics.dead.labels(kind.value).inc()
+            self.log.warning(
+                "frame_dead", frame_id=event.frame_id, entry_id=event.entry_id, kind=kind.value
+            )
 
     def _dead_letter(self, item: Rejected) -> None:
         frame_id = item.raw.get(b"frame_id", b"").decode(errors="replace") or None

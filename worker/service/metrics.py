@@ -48,6 +48,12 @@ class WorkerMetrics:
             registry=r,
         )
         self.backlog = Gauge("scanguard_backlog", "Entries in the frames stream", registry=r)
+        self.bags = Counter(
+            "scanguard_bags_total",
+            "Bags closed by this worker, by decision and reason",
+            ["decision", "reason"],
+            registry=r,
+        )
         self.refusals = Counter(
             "scanguard_redis_refusals_total",
             "Redis write refusals (out of memory, MISCONF, read-only), by kind",

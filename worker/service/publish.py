@@ -1,16 +1,18 @@
-"""Atomic writes to Redis: a decision with its artefacts, or a dead letter (Lua scripts)."""
+"""Atomic writes to Redis: a decision with its artefacts and bag record, or a dead letter."""
 
 from __future__ import annotations
 
 import enum
 import json
+from dataclasses import dataclass
 from importlib import resources
 
 import redis
 
 from shared.keys import Keys
 from shared.schemas import DeadLetter, DecisionEvent
-from shared.vocab import DeadKind
+from shared.vocab import DeadKind, Verdict
+from worker.service.bags import bag_view
 
 
 def _script(name: str) -> str:
@@ -18,9 +20,43 @@ def _script(name: str) -> str:
 
 
 class PublishStatus(enum.IntEnum):
+    """What `publish.lua` did with one frame (its return codes)."""
+
     DISCARDED = 0  # another worker acknowledged the frame first
-    PUBLISHED = 1
+    PUBLISHED = 1  # decision published, its bag still open
     DUPLICATE = 2  # the frame id was decided before (a re-sent frame)
+    BAG_COMPLETE = 3  # published, and the view completed its bag: close it now
+    LATE = 4  # published, but its bag had closed already: the view changes nothing
+    BAG_CONFLICT = 5  # the view contradicts its bag (seen twice, other view count): dead
+
+    @property
+    def published(self) -> bool:
+        return self in (PublishStatus.PUBLISHED, PublishStatus.BAG_COMPLETE, PublishStatus.LATE)
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    """How long what a publish writes is kept (seconds), and the bag deadline."""
+
+    artefact_ttl_s: int  # erased images and heat-maps of alerts
+    dedupe_ttl_s: int  # decided frame ids, closed-bag markers
+    bag_deadline_ms: int
+
+    @property
+    def open_bag_ttl_s(self) -> int:
+        """Originals and bag state until the bag closes: the deadline with a wide margin,
+        so a fleet that was down for a while still finds them to close the bag."""
+        return self.bag_deadline_ms // 1000 + 3600
+
+
+@dataclass(frozen=True, eq=False)
+class Outcome:
+    """A decided frame ready to publish: its event and the artefact bytes."""
+
+    event: DecisionEvent
+    original: bytes  # the image bytes as received, never re-encoded
+    masked: bytes | None
+    heatmap: bytes | None
 
 
 class Publisher:
@@ -32,29 +68,27 @@ class Publisher:
         keys: Keys,
         group: str,
         *,
-        artefact_ttl_s: int,
-        dedupe_ttl_s: int,
+        lifetimes: Lifetimes,
         stream_maxlen: int,
         dead_field_bytes: int = 65_536,
     ) -> None:
         self.keys = keys
         self.group = group
-        self.artefact_ttl_s = artefact_ttl_s
-        self.dedupe_ttl_s = dedupe_ttl_s
+        self.lifetimes = lifetimes
         self.stream_maxlen = stream_maxlen
         self.dead_field_bytes = dead_field_bytes
         self._publish = client.register_script(_script("publish.lua"))
         self._dead = client.register_script(_script("dead.lua"))
 
-    def decision(
-        self, event: DecisionEvent, masked: bytes | None, heatmap: bytes | None
-    ) -> PublishStatus:
-        """Publish `event` (and, for threats, the alert) and ack its frame, or do nothing.
+    def decision(self, outcome: Outcome) -> PublishStatus:
+        """Publish the decision (and, for threats, the alert), record the view in its bag
+        and ack the frame, all or nothing.
 
-        A frame whose id was decided before gets no second decision; it is recorded
-        on the dead-letter stream instead, with that reason.
+        A frame whose id was decided before gets no second decision, and a view that
+        contradicts its bag none either; both go to the dead-letter stream with the reason.
         """
-        keys = self.keys
+        event, keys, life = outcome.event, self.keys, self.lifetimes
+        bag_id = event.bag_id or event.frame_id
         duplicate = DeadLetter(
             event_id=event.event_id,
             entry_id=event.entry_id,
@@ -66,6 +100,7 @@ class Publisher:
             worker_id=event.worker_id,
             failed_at=event.decided_at,
         )
+        captured_ms = int(event.captured_at.timestamp() * 1000)
         status = self._publish(
             keys=[
                 keys.frames,
@@ -75,19 +110,32 @@ class Publisher:
                 keys.artefact(event.event_id, "masked"),
                 keys.artefact(event.event_id, "heatmap"),
                 keys.dead,
+                keys.artefact(event.event_id, "original"),
+                keys.bag(bag_id),
+                keys.bags_open,
             ],
             args=[
                 self.group,
                 event.entry_id,
                 event.to_json(),
-                "1" if event.decision == "threat" else "0",
+                "1" if event.decision == Verdict.THREAT else "0",
                 keys.alert_channel,
-                self.artefact_ttl_s,
-                self.dedupe_ttl_s,
-                masked or b"",
-                heatmap or b"",
+                life.artefact_ttl_s,
+                life.dedupe_ttl_s,
+                outcome.masked or b"",
+                outcome.heatmap or b"",
                 self.stream_maxlen,
                 duplicate.to_json(),
+                outcome.original,
+                life.open_bag_ttl_s,
+                event.view,
+                event.views,
+                bag_view(event).model_dump_json(),
+                captured_ms + life.bag_deadline_ms,
+                life.open_bag_ttl_s,
+                event.scanner_id,
+                bag_id,
+                captured_ms,
             ],
         )
         return PublishStatus(int(status))
