@@ -15,6 +15,7 @@ import structlog
 
 from producer.producer import Producer, ProducerSummary
 from producer.sources import parse_source
+from producer.synthetic.pose import MAX_VIEWS
 from shared.keys import Keys, check_id
 from shared.logs import configure_logging
 from shared.redis_conn import redis_from_settings
@@ -41,6 +42,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _views(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_VIEWS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_VIEWS}, not {value}")
+    return value
+
+
 def _fps(text: str) -> float:
     try:
         value = float(text)
@@ -63,11 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m producer",
         description="Push scanner frames into the Redis frames stream. Redis and defaults "
         "come from SCANGUARD_* environment variables; flags win over them.",
+        epilog="Bags (several views of one object): a dir: folder makes a bag of each "
+        f"sub-folder that holds only files, 1 to {MAX_VIEWS} of them (sorted by name = "
+        "views), and of each group of files named BAG_vK.png/.jpg (ordered by K); any other "
+        "file is a one-view frame. Video and camera frames are one-view frames.",
     )
     parser.add_argument(
         "--source",
         default="synthetic:source",
         help="dir:PATH | video:PATH_OR_URL_OR_INDEX | synthetic:source|target (default %(default)s)",
+    )
+    parser.add_argument(
+        "--views",
+        type=_views,
+        default=None,
+        help=f"views per bag of a synthetic source, 1 to {MAX_VIEWS} (default 1: plain "
+        "frames); 2 is top and side",
     )
     parser.add_argument(
         "--fps", type=_fps, default=None, help="frames per second (default: as fast as allowed)"
@@ -76,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--count",
         type=_positive_int,
         default=None,
-        help="stop after this many frames, at least 1 (default: run until the source ends)",
+        help="stop after this many frames, at least 1; with --views N, this many bags "
+        "(N frames each) (default: run until the source ends)",
     )
     parser.add_argument(
         "--loop", action="store_true", help="start a folder or video file again at its end"
@@ -100,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backpressure",
         choices=("block", "drop"),
         default=None,
-        help="when the backlog is full: wait, or drop the newest frame",
+        help="when the backlog is full: wait, or drop the newest frame (a bag missing a "
+        "dropped view closes undetermined at the workers' bag deadline)",
     )
     parser.add_argument(
         "--jpeg-quality",
@@ -171,6 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     offered == sent + dropped + abandoned can be checked whatever happened.
     """
     args = build_parser().parse_args(argv)
+    if args.views is not None and not args.source.startswith("synthetic:"):
+        print(
+            "error: --views: only a synthetic: source makes views; a dir: folder's bags "
+            "come from its layout (see --help)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         settings = load_settings(**_overrides(args))
         check_id(settings.producer.scanner_id, "scanner id")
@@ -185,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             jpeg_quality=settings.producer.jpeg_quality,
             size=size,
+            views=args.views or 1,
         )
     except ValueError as exc:
         print(f"error: --source: {exc}", file=sys.stderr)
@@ -217,7 +246,8 @@ def _run(settings: Settings, source: Any, args: argparse.Namespace) -> int:
             Keys(settings.namespace),
             settings.producer.scanner_id,
             fps=args.fps,
-            count=args.count,
+            # The producer counts frames; a synthetic bag is always all its views.
+            count=None if args.count is None else args.count * (args.views or 1),
             max_backlog=settings.producer.max_backlog,
             backpressure=settings.producer.backpressure,
             jpeg_quality=settings.producer.jpeg_quality,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -27,6 +28,7 @@ Backpressure = Literal["block", "drop"]
 # How often a blocked producer re-reads the backlog: short enough to follow the workers.
 BLOCK_POLL_MIN_S = 0.005
 BLOCK_POLL_MAX_S = 0.2
+MAX_ID = 128  # the longest id `check_id` accepts
 
 
 @dataclass
@@ -54,7 +56,12 @@ class Producer:
     """Pushes frames with XADD to `keys.frames`, one entry per frame (DESIGN §4).
 
     Frame ids are `{scanner_id}:{run}:{sequence}`; the random run part keeps a
-    restarted producer from reusing ids that workers already marked as done.
+    restarted producer from reusing ids that workers already marked as done. A view
+    of a bag (DESIGN §9) goes out with bag id `{scanner_id}:{run}:{source's bag id}`
+    (scoped the same way, so a rerun of a seed or a folder opens new bags) and frame
+    id `{bag id}-v{view}`. Every count here is in frames: `count` stops after that
+    many, and under `drop` backpressure one dropped view leaves its bag incomplete,
+    which the workers' bag deadline closes as undetermined.
     """
 
     def __init__(
@@ -164,9 +171,7 @@ class Producer:
 
     def _offer(self, frame: SourceFrame) -> None:
         image, content_type = self._encoded(frame)
-        frame_id = f"{self.scanner_id}:{self.run_id}:{self.summary.offered}"
-        if len(frame_id) > 128:
-            frame_id = uuid.uuid4().hex
+        frame_id, bag = self._ids(frame)
         fields = FrameFields.model_validate(
             {
                 "frame_id": frame_id,
@@ -174,6 +179,7 @@ class Producer:
                 "captured_at": utc_now(),
                 "content_type": content_type,
                 "meta": frame.meta,
+                **bag,
             }
         )
         if not self._room_for_one():
@@ -188,6 +194,18 @@ class Producer:
             return
         self.summary.sent += 1
         self.summary.last_frame_id = frame_id
+
+    def _ids(self, frame: SourceFrame) -> tuple[str, dict[str, str | int]]:
+        """The frame's id on the wire and its bag fields (none for a one-view frame)."""
+        if frame.bag_id is None or frame.view is None or frame.views is None:
+            frame_id = f"{self.scanner_id}:{self.run_id}:{self.summary.offered}"
+            return (frame_id if len(frame_id) <= MAX_ID else uuid.uuid4().hex), {}
+        bag_id = f"{self.scanner_id}:{self.run_id}:{frame.bag_id}"
+        suffix = f"-v{frame.view}"
+        if len(bag_id) + len(suffix) > MAX_ID:
+            # Stable for the bag's other views, unlike a fresh uuid.
+            bag_id = f"{self.run_id}:{hashlib.sha256(bag_id.encode()).hexdigest()[:32]}"
+        return bag_id + suffix, {"bag_id": bag_id, "view": frame.view, "views": frame.views}
 
     def _encoded(self, frame: SourceFrame) -> tuple[bytes, str]:
         if frame.content_type not in CONTENT_TYPES:

@@ -1,4 +1,11 @@
-"""Frame sources: a folder of images, a video/stream/camera, the synthetic scanner."""
+"""Frame sources: a folder of images, a video/stream/camera, the synthetic scanner.
+
+A source may group frames into multi-view bags (DESIGN §9): a frame then carries its
+source's `bag_id` with `view` and `views`, and every view of a bag comes before the next
+bag's. The synthetic source makes bags with `views` > 1; a folder makes them from its
+layout (a sub-folder per bag, or files named `BAG_vK.png`; see `producer.layout`).
+Video and camera frames are one-view frames, as are all frames without bag fields.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,10 @@ import cv2
 import numpy as np
 import structlog
 
+from producer.layout import image_files, plan
+from producer.synthetic.pose import MAX_VIEWS
 from shared.images import JPEG, encode_bgr, sniff_content_type
+from shared.keys import check_id
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +56,21 @@ class SourceFrame:
     image: bytes | np.ndarray
     content_type: str = JPEG
     meta: dict[str, Any] = field(default_factory=dict)
+    # The bag this frame is view `view` (0-based) of `views` of; all three or none.
+    # The id is the source's own: the producer scopes it to its run on the wire.
+    bag_id: str | None = None
+    view: int | None = None
+    views: int | None = None
+
+    def __post_init__(self) -> None:
+        given = [value is not None for value in (self.bag_id, self.view, self.views)]
+        if any(given) and not all(given):
+            raise ValueError("a source frame gives bag_id, view and views together or none")
+        if self.bag_id is not None:
+            check_id(self.bag_id, "bag id")
+            assert self.view is not None and self.views is not None  # checked just above
+            if not 0 <= self.view < self.views:
+                raise ValueError(f"view {self.view} does not exist in a bag of {self.views}")
 
 
 class FrameSource(Protocol):
@@ -59,6 +84,9 @@ class DirectorySource:
 
     JPEG and PNG files pass through byte for byte; other formats OpenCV reads
     are re-encoded to JPEG; files it cannot read are skipped with a warning.
+    Bags come from the layout (`producer.layout`): a bag's views are all read
+    first, so `views` counts the readable ones. Looping, round n > 0 suffixes each
+    bag id with `.r<n>`, so that every pass sends new bags.
     """
 
     def __init__(self, folder: str | Path, loop: bool = False, jpeg_quality: int = 90):
@@ -70,22 +98,23 @@ class DirectorySource:
 
     def paths(self) -> list[Path]:
         """The candidate image files, sorted by their path below the folder."""
-        return sorted(
-            p for p in self.folder.rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
+        return image_files(self.folder)
 
     def __iter__(self) -> Iterator[SourceFrame]:
         paths = self.paths()
         if not paths:
             raise ValueError(f"image folder {str(self.folder)!r} holds no files")
+        units = plan(self.folder, paths)
         rounds = 0
         while True:
             yielded = 0
-            for path in paths:
-                frame = self._read(path, rounds)
-                if frame is not None:
-                    yielded += 1
-                    yield frame
+            for unit in units:
+                frames = [f for f in (self._read(p, rounds) for p in unit.paths) if f is not None]
+                if unit.bag is not None:
+                    bag = unit.bag if rounds == 0 else f"{unit.bag}.r{rounds}"
+                    frames = [_in_bag(f, bag, k, len(frames)) for k, f in enumerate(frames)]
+                yielded += len(frames)
+                yield from frames
             rounds += 1
             if not self.loop:
                 return
@@ -106,6 +135,10 @@ class DirectorySource:
             log.warning("file_skipped", path=str(path), reason="OpenCV could not decode it")
             return None
         return SourceFrame(encode_bgr(bgr, JPEG, self.jpeg_quality), JPEG, meta)
+
+
+def _in_bag(frame: SourceFrame, bag_id: str, view: int, views: int) -> SourceFrame:
+    return SourceFrame(frame.image, frame.content_type, frame.meta, bag_id, view, views)
 
 
 class VideoSource:
@@ -150,7 +183,12 @@ def _missing_file(target: str) -> bool:
 
 
 class SyntheticSource:
-    """Frames of the synthetic scanner; meta carries the ground-truth label."""
+    """Frames of the synthetic scanner; meta carries the ground truth.
+
+    With `views` 1 these are the frame scanner's frames, without bag fields. With more,
+    each bag of the multi-view scanner comes as its views in order, bag id
+    `syn-<domain>-<seed>-<index>`, each view's meta with that view's ground truth.
+    """
 
     def __init__(
         self,
@@ -158,15 +196,33 @@ class SyntheticSource:
         seed: int = 0,
         size: tuple[int, int] | None = None,
         start: int = 0,
+        views: int = 1,
     ):
         if domain not in ("source", "target"):
             raise ValueError(f"synthetic domain must be 'source' or 'target', not {domain!r}")
+        if not 1 <= views <= MAX_VIEWS:
+            raise ValueError(f"views must be between 1 and {MAX_VIEWS}, not {views}")
         self.domain = domain
         self.seed = seed
         self.size = size
         self.start = start
+        self.views = views
+
+    def _about(self, index: int, label: int, label_name: str, kind: str | None) -> dict[str, Any]:
+        return {
+            "source": "synthetic",
+            "domain": self.domain,
+            "seed": self.seed,
+            "index": index,
+            "label": int(label),
+            "label_name": label_name,
+            "kind": kind,
+        }
 
     def __iter__(self) -> Iterator[SourceFrame]:
+        if self.views > 1:
+            yield from self._bags()
+            return
         from producer.synthetic import SyntheticScanner  # numpy-only; loaded when used
 
         options = {} if self.size is None else {"size": self.size}
@@ -174,17 +230,29 @@ class SyntheticSource:
         index = self.start
         while True:
             frame = scanner.frame(index)
-            meta = {
-                "source": "synthetic",
-                "domain": self.domain,
-                "seed": self.seed,
-                "index": index,
-                "label": int(frame.label),
-                "label_name": frame.label_name,
-                "kind": frame.kind,
-                "box": list(frame.box) if frame.box is not None else None,
-            }
+            meta = self._about(index, frame.label, frame.label_name, frame.kind)
+            meta["box"] = list(frame.box) if frame.box is not None else None
             yield SourceFrame(np.ascontiguousarray(frame.image), JPEG, meta)
+            index += 1
+
+    def _bags(self) -> Iterator[SourceFrame]:
+        from producer.synthetic import SyntheticBagScanner  # numpy-only; loaded when used
+
+        options = {} if self.size is None else {"size": self.size}
+        scanner = SyntheticBagScanner(self.domain, self.seed, views=self.views, **options)
+        index = self.start
+        while True:
+            bag = scanner.bag(index)
+            bag_id = f"syn-{self.domain}-{self.seed}-{index}"
+            for view in bag.views:
+                meta = self._about(index, bag.label, bag.label_name, bag.kind)
+                meta |= {
+                    "box": list(view.box) if view.box is not None else None,
+                    "occluded": view.occluded,
+                    "view_name": view.name,
+                }
+                image = np.ascontiguousarray(view.image)
+                yield SourceFrame(image, JPEG, meta, bag_id, view.view, len(bag.views))
             index += 1
 
 
@@ -194,17 +262,23 @@ def parse_source(
     seed: int = 0,
     jpeg_quality: int = 90,
     size: tuple[int, int] | None = None,
+    views: int = 1,
 ) -> FrameSource:
-    """Build a source from `dir:PATH`, `video:PATH_OR_URL_OR_INDEX` or `synthetic:DOMAIN`."""
+    """Build a source from `dir:PATH`, `video:PATH_OR_URL_OR_INDEX` or `synthetic:DOMAIN`.
+
+    `views` is for the synthetic scanner only; a folder's bags come from its layout.
+    """
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
         raise ValueError(
             f"source {spec!r} must look like dir:PATH, video:TARGET or synthetic:source|target"
         )
+    if views != 1 and kind != "synthetic":
+        raise ValueError(f"only synthetic sources make views; {kind}: frames have their own")
     if kind == "dir":
         return DirectorySource(arg, loop=loop, jpeg_quality=jpeg_quality)
     if kind == "video":
         return VideoSource(arg, loop=loop, jpeg_quality=jpeg_quality)
     if kind == "synthetic":
-        return SyntheticSource(arg, seed=seed, size=size)
+        return SyntheticSource(arg, seed=seed, size=size, views=views)
     raise ValueError(f"unknown source kind {kind!r}; use dir:, video: or synthetic:")

@@ -263,3 +263,21 @@ def draw_bag(
             for y in ((y0 + radius,) if side == 1 else (y1 - radius,))
         )
         canvas.stamp(Part(wheels, material="metal", amount=rng.uniform(1.5, 2.2)), (0, 0), 0.0, 1.0)
+
+
+# Thickness of each item across its silhouette's plane, in object units (its length is 1),
+# for the multi-view scanner's slabs: a folded shirt is a thin layer, a shoe a fat block.
+THICKNESS = {
+    "clothing": 0.12,
+    "bottle": 0.35,
+    "cable": 0.03,
+    "laptop": 0.05,
+    "phone": 0.08,
+    "zip": 0.02,
+    "keys": 0.03,
+    "umbrella": 0.12,
+    "shoe": 0.35,
+    "toiletries": 0.25,
+    "book": 0.1,
+    "belt": 0.05,
+}

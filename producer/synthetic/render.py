@@ -98,11 +98,30 @@ class Canvas:
         polys = [transform(p, centre, angle, scale, mirror) for p in part.polygons]
         lines = [transform(p, centre, angle, scale, mirror) for p in part.lines]
         width_px = max(1, round(part.line_width * scale))
-        everything = polys + lines
+        self.stamp_points(part, polys, lines, width_px, footprint)
+
+    def stamp_points(
+        self,
+        part: Part,
+        polys: Sequence[np.ndarray],
+        lines: Sequence[np.ndarray],
+        width_px: int,
+        footprint: np.ndarray | None = None,
+        gain: float = 1.0,
+        smear: tuple[float, float] | None = None,
+    ) -> None:
+        """Rasterise outlines already in image coordinates and add `part`'s attenuation.
+
+        `gain` multiplies the part's amount (a longer path through it); `smear` (dx, dy)
+        sweeps the silhouette along that vector, centred, as a slab seen at a slant is
+        widened by its projected thickness. The defaults leave `stamp`'s pixels as they were.
+        """
+        everything = [*polys, *lines]
         if not everything:
             return
         allpts = np.concatenate(everything)
-        pad = width_px + 3
+        reach = 0 if smear is None else int(np.ceil(max(abs(smear[0]), abs(smear[1])) / 2))
+        pad = width_px + 3 + reach
         x0 = max(int(np.floor(allpts[:, 0].min())) - pad, 0)
         y0 = max(int(np.floor(allpts[:, 1].min())) - pad, 0)
         x1 = min(int(np.ceil(allpts[:, 0].max())) + pad, self.width)
@@ -118,19 +137,10 @@ class Canvas:
         if lines:
             fixed = [np.round((p - offset) * unit).astype(np.int32) for p in lines]
             cv2.polylines(roi, fixed, False, 255, width_px, cv2.LINE_AA, _SUBPIXEL_BITS)
-        if part.rounded:
-            inside = (roi > 127).astype(np.uint8)
-            dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
-            depth = dist.max()
-            if depth > 0:
-                # Chord length through a cylinder: thickest on the axis, zero at the rim.
-                frac = 1.0 - np.minimum(dist / depth, 1.0)
-                thick = np.sqrt(np.maximum(1.0 - frac * frac, 0.0)) * 0.8 + 0.2 * (roi / 255.0)
-            else:
-                thick = roi / 255.0
-        else:
-            thick = roi / 255.0
-        add = (thick * part.amount).astype(np.float32)
+        if smear is not None:
+            roi = _sweep(roi, smear)
+        thick = _profile(roi) if part.rounded else roi / 255.0
+        add = (thick * (part.amount * gain)).astype(np.float32)
         ratio = MATERIAL_RATIO[part.material]
         self.high[y0:y1, x0:x1] += add
         self.low[y0:y1, x0:x1] += add * ratio
@@ -165,6 +175,31 @@ class Canvas:
         r_idx = ((ratio - r_lo) * ((_RATIO_LEVELS - 1) / (r_hi - r_lo))).clip(0, _RATIO_LEVELS - 1)
         h_idx = (high * ((_HIGH_LEVELS - 1) / _HIGH_MAX)).clip(0, _HIGH_LEVELS - 1)
         return _TABLE[r_idx.astype(np.intp), h_idx.astype(np.intp)]
+
+
+def _profile(roi: np.ndarray) -> np.ndarray:
+    """Relative thickness of a rounded (cylinder-like) part from its rasterised silhouette."""
+    inside = (roi > 127).astype(np.uint8)
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 3)
+    depth = dist.max()
+    if depth <= 0:
+        return roi / 255.0
+    # Chord length through a cylinder: thickest on the axis, zero at the rim.
+    frac = 1.0 - np.minimum(dist / depth, 1.0)
+    return np.sqrt(np.maximum(1.0 - frac * frac, 0.0)) * 0.8 + 0.2 * (roi / 255.0)
+
+
+def _sweep(roi: np.ndarray, smear: tuple[float, float]) -> np.ndarray:
+    """`roi` dilated by a segment `smear` long, centred: the silhouette swept along it."""
+    dx, dy = smear
+    half = int(np.ceil(max(abs(dx), abs(dy)) / 2))
+    if half == 0:
+        return roi
+    kernel = np.zeros((2 * half + 1, 2 * half + 1), np.uint8)
+    start = (round(half - dx / 2), round(half - dy / 2))
+    stop = (round(half + dx / 2), round(half + dy / 2))
+    cv2.line(kernel, start, stop, 1, 1)
+    return cv2.dilate(roi, kernel)
 
 
 def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:

@@ -29,7 +29,7 @@ from producer.synthetic.shapes import GUNS, KNIVES, LENGTH_FACTOR
 LABELS = ("benign", "gun", "knife")
 DOMAINS = ("source", "target")
 DEFAULT_SIZE = (512, 384)  # (width, height)
-_DOMAIN_SALT = {"source": 0x5EED_0001, "target": 0x5EED_0002}
+DOMAIN_SALT = {"source": 0x5EED_0001, "target": 0x5EED_0002}
 _CLUTTER_NAMES = tuple(CLUTTER)
 
 
@@ -115,7 +115,7 @@ class SyntheticScanner:
         label = index % len(LABELS) if label is None else int(label)
         if not 0 <= label < len(LABELS):
             raise ValueError(f"label must be 0, 1 or 2, not {label}")
-        rng = np.random.default_rng([self.seed, _DOMAIN_SALT[self.domain], index, label])
+        rng = np.random.default_rng([self.seed, DOMAIN_SALT[self.domain], index, label])
         return _compose(rng, self.spec, self.size, label, self.domain, index)
 
     def __iter__(self) -> Iterator[SyntheticFrame]:
@@ -166,7 +166,7 @@ def _compose(
         _place_clutter(canvas, rng, bag, spec.clutter_scale * bag_w, over)
 
     image = canvas.render(rng, spec.noise, spec.blur)
-    box = _box_of(footprint) if label != 0 else None
+    box = box_of(footprint) if label != 0 else None
     if label != 0 and box is None:
         raise AssertionError("threat drawn outside the frame")  # the centre is kept inside the bag
     return SyntheticFrame(
@@ -212,7 +212,7 @@ def _place_clutter(
     canvas.stamp_all(parts, centre, rng.uniform(0, 2 * np.pi), length, bool(rng.random() < 0.5))
 
 
-def _box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     points = cv2.findNonZero(mask.astype(np.uint8))
     if points is None:
         return None

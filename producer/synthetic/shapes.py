@@ -267,3 +267,16 @@ KNIVES: dict[str, Builder] = {
 }
 # Relative length of each kind (1 = the length drawn for the frame's threat scale).
 LENGTH_FACTOR = {"compact": 0.7, "utility": 0.75, "folding": 0.9, "cleaver": 0.9}
+# Thickness of each kind across its silhouette's plane, in object units (its length is 1),
+# for the multi-view scanner's slabs: a gun is a chunky block, a blade a thin sheet.
+THICKNESS = {
+    "pistol": 0.14,
+    "revolver": 0.18,
+    "compact": 0.16,
+    "machine_pistol": 0.14,
+    "straight": 0.03,
+    "cleaver": 0.025,
+    "folding": 0.05,
+    "utility": 0.08,
+    "curved": 0.04,
+}
