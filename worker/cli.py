@@ -28,9 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--id", help="worker id (default: SCANGUARD_WORKER__ID or host-pid)")
     check = sub.add_parser("check", help="liveness probe: exit 0 if the worker loop is alive")
     check.add_argument("--id", help="worker id to check (default: SCANGUARD_WORKER__ID)")
-    demo = sub.add_parser("demo", help="embedded Redis + producer + worker on synthetic frames")
-    demo.add_argument("--frames", type=int, default=120)
-    demo.add_argument("--fps", type=float, default=12.0)
+    demo = sub.add_parser("demo", help="embedded Redis + producer + worker on synthetic bags")
+    demo.add_argument("--bags", type=int, default=60, help="dual-view bags to screen")
+    demo.add_argument("--views", type=int, default=2, choices=range(1, 9), metavar="1..8")
+    demo.add_argument("--fps", type=float, default=12.0, help="views per second")
     demo.add_argument("--out", default="demo-out", help="folder for alert artefacts")
     parser.add_argument("--check", action="store_true", help="same as the check command")
     return parser
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imported here: torch loads in seconds, and `check` (a liveness probe) needs none of it.
         from worker.service.demo import run_demo
 
-        return run_demo(settings, frames=args.frames, fps=args.fps, out_dir=args.out)
+        return run_demo(settings, bags=args.bags, views=args.views, fps=args.fps, out_dir=args.out)
     if settings.redis_url is None:
         print(
             "SCANGUARD_REDIS_URL is not set: a worker needs a shared Redis "

@@ -4,7 +4,9 @@ The rule (DESIGN §9, README): the final attention mask (the last forward's roll
 max-normalised, on the patch grid) is resized bilinearly to the frame; pixels at or
 above `threshold` (a fraction of the mask's maximum, default 0.5) form the region;
 each 8-connected component is one ROI with its bounding box, its peak and its mean
-attention. ROIs come largest (by area of the component) first, at most `max_rois`.
+attention. ROIs come largest (by area of the component) first, at most `max_rois`; the
+component that holds the mask's peak is always among them (it takes the last place if
+it would not make the cut), so the model's single strongest point is always boxed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def rois_from_mask(
     count, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
     order = sorted(range(1, count), key=lambda k: -int(areas[k]))[:max_rois]
+    top = int(labels.flat[int(np.argmax(attention))])  # the peak's component
+    if top not in order:
+        order[-1] = top
     sums = np.bincount(labels.ravel(), weights=attention.ravel(), minlength=count)
     rois = []
     for k in order:
