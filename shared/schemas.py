@@ -299,6 +299,8 @@ class BagView(BaseModel):
     captured_at: datetime
     decision: Verdict
     detections: list[Detection]
+    trace: list[dict[str, float]]  # probabilities per forward; [0] is the original view
+    iterations: int
     rois: list[Roi]
     artefacts: list[ArtefactRef]
     model: ModelRef

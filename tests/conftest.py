@@ -1,20 +1,47 @@
-"""Shared fixtures: real redis-server processes and one namespace per test."""
+"""Shared fixtures: real redis-server processes, one namespace per test, in-process workers.
+
+The fixture modules next to this file come in here and nowhere else: `tests.engine_fixtures`
+as a plugin (its fixtures), `tests.pipeline_fixtures` and `tests.redis_procs` as helpers.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from pipeline_fixtures import ERASING_ENV, write_tiny_card
-from redis_procs import Binary, ExternalRedis, RedisProcess, find_binary, free_port
 
 from shared.keys import Keys
+from shared.settings import Settings, load_settings
+from tests.pipeline_fixtures import ERASING_ENV, write_tiny_card
+from tests.redis_procs import Binary, ExternalRedis, RedisProcess, find_binary, free_port
+from worker.engine.model import load_model
+from worker.service.bootstrap import create_worker
+from worker.service.loop import Worker
+
+pytest_plugins = ["tests.engine_fixtures"]
+
+TEST_ENV_PREFIX = "SCANGUARD_TEST_"
+
+
+@pytest.fixture(autouse=True)
+def no_scanguard_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every SCANGUARD_* variable but SCANGUARD_TEST_*: tests never read the developer's shell.
+
+    A test that needs a setting in the environment sets it itself (monkeypatch.setenv);
+    the harness's own knobs are named SCANGUARD_TEST_* and stay.
+    """
+    for name in list(os.environ):
+        if name.startswith("SCANGUARD_") and not name.startswith(TEST_ENV_PREFIX):
+            monkeypatch.delenv(name)
+
 
 RedisServer = RedisProcess | ExternalRedis
 ServerFactory = Callable[..., RedisServer]
@@ -79,6 +106,54 @@ ROOT = Path(__file__).resolve().parent.parent
 def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init tiny ViT checkpoint and card on disk (sharpened head, varied decisions)."""
     return write_tiny_card(tmp_path_factory.mktemp("model"))
+
+
+WorkerFactory = Callable[..., Worker]
+
+
+def _merged(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` over `defaults`, section by section (a section is a nested mapping)."""
+    merged = dict(defaults)
+    for name, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(name), Mapping):
+            merged[name] = {**merged[name], **value}
+        else:
+            merged[name] = value
+    return merged
+
+
+@pytest.fixture
+def make_worker(tiny_card: Path, tmp_path: Path) -> WorkerFactory:
+    """Build in-process workers the way production does (`create_worker`), consumer group in place.
+
+    Call as `make_worker(settings_or_overrides, client, card=None)`. A `Settings` is used
+    as it is; a mapping holds `load_settings` overrides (sections as nested dicts) laid
+    over the test defaults: the model card, no metrics server, the health file in
+    tmp_path. The model loaded is `card` if given, else the session's tiny card (for a
+    `Settings`: its own card).
+    """
+
+    def make(
+        settings_or_overrides: Settings | Mapping[str, Any],
+        client: redis.Redis,
+        *,
+        card: Path | None = None,
+    ) -> Worker:
+        if isinstance(settings_or_overrides, Settings):
+            settings = settings_or_overrides
+        else:
+            defaults = {
+                "model": {"card": card or tiny_card},
+                "worker": {"metrics_port": 0, "health_dir": tmp_path},
+            }
+            settings = load_settings(**_merged(defaults, settings_or_overrides))
+        worker = create_worker(settings, client, load_model(card or settings.model.card))
+        # In place before the test writes or reads the stream (a consumer that reads
+        # "before" the worker needs it); the worker would create it on its first pass.
+        worker.ensure_group()
+        return worker
+
+    return make
 
 
 @pytest.fixture
@@ -163,11 +238,12 @@ class ReliabilityLog:
 
 @pytest.fixture(scope="session")
 def reliability() -> Iterator[ReliabilityLog]:
-    """Collects scenario counts; with SCANGUARD_RELIABILITY_OUT set, writes them there as JSON."""
+    """Collects scenario counts; with SCANGUARD_RELIABILITY_OUT set, writes them there as JSON.
+
+    The variable is read when the session starts, before any test scrubs the environment.
+    """
+    out = os.environ.get("SCANGUARD_RELIABILITY_OUT")
     log = ReliabilityLog()
     yield log
-    out = os.environ.get("SCANGUARD_RELIABILITY_OUT")
     if out and log.rows:
-        import json
-
         Path(out).write_text(json.dumps(log.rows, indent=1))

@@ -1,4 +1,8 @@
-"""Tiny random-initialised ViTs, synthetic scans and engine/reference helpers for the engine tests."""
+"""Tiny random-initialised ViTs, synthetic scans and engine/reference helpers for the engine tests.
+
+A pytest plugin (`pytest_plugins` in conftest.py): its fixtures reach every test module;
+its helpers are imported from `tests.engine_fixtures`.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ THREE_LABELS = ("benign", "gun", "knife")
 FIVE_LABELS = ("benign", "gun", "knife", "blade", "taser")
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread: on a small shared CPU, tiny forwards are faster that way."""
+    """Run torch on one thread: on a small shared CPU, tiny forwards are faster that way.
+
+    A module asks for it with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -20,8 +20,10 @@ from shared.schemas import FrameFields
 
 TINY_KWARGS = {"img_size": 64, "patch_size": 8, "depth": 4, "embed_dim": 64, "num_heads": 2}
 LABELS = ["benign", "gun", "knife"]
-# Thresholds that make the sharpened random model call roughly half the frames threats.
-ERASING_ENV = {"SCANGUARD_ERASING__DETECT_TH": "0.6", "SCANGUARD_ERASING__RECONSIDER_TH": "0.05"}
+# Thresholds that make the sharpened random model call roughly half the frames threats:
+# as a settings section (in-process workers) and as environment (worker processes).
+ERASING = {"detect_th": 0.6, "reconsider_th": 0.05}
+ERASING_ENV = {f"SCANGUARD_ERASING__{name.upper()}": str(value) for name, value in ERASING.items()}
 
 
 def write_tiny_card(folder: Path, seed: int = 0) -> Path:

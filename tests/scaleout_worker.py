@@ -15,9 +15,13 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
+
+# Run as a script: the repository root goes on the path, as for `python -m worker`.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.logs import configure_logging
 from shared.settings import load_settings

@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pipeline_fixtures import ERASING_ENV, encode, events, frame_image, push_frames
 
 from shared.keys import Keys
-from shared.settings import load_settings
-from worker.engine.model import load_model
+from tests.pipeline_fixtures import ERASING, encode, events, frame_image, push_frames
 from worker.service.intake import IntakeLimits, Rejected, decode_entry
-from worker.service.loop import Worker
 
 NOW = datetime.now(timezone.utc).isoformat()
 JPEG = encode(frame_image(1))
@@ -118,20 +115,19 @@ def test_odd_but_valid_images_are_accepted(case):
 
 @pytest.mark.redis
 def test_worker_dead_letters_bad_frames_and_decides_the_rest(
-    redis_server, keys: Keys, tiny_card, monkeypatch, tmp_path, reliability
+    redis_server, keys: Keys, make_worker, reliability
 ):
     """Bad frames mixed into a stream go to {ns}:dead with reasons; every other frame is decided."""
-    for name, value in {**ERASING_ENV, "SCANGUARD_WORKER__HEALTH_DIR": str(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
-    settings_ = load_settings(
-        redis_url=redis_server.url,
-        namespace=keys.namespace,
-        model={"card": tiny_card},
-        worker={"metrics_port": 0, "max_frame_bytes": 256 * 1024, "max_pixels": 4_000_000},
-    )
     client = redis_server.client()
-    worker = Worker(settings_, client, load_model(tiny_card))
-    worker.ensure_group()
+    worker = make_worker(
+        {
+            "redis_url": redis_server.url,
+            "namespace": keys.namespace,
+            "erasing": ERASING,
+            "worker": {"max_frame_bytes": 256 * 1024, "max_pixels": 4_000_000},
+        },
+        client,
+    )
     good = push_frames(client, keys, 4)
     for index, case in enumerate([*BAD_FRAMES, *ODD_BUT_VALID]):
         entry = BAD_FRAMES[case][0] if case in BAD_FRAMES else ODD_BUT_VALID[case]
@@ -230,21 +226,11 @@ def test_decoder_never_raises(raw):
     max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(batch=st.lists(entry_strategy(), min_size=1, max_size=12))
-def test_every_hostile_entry_ends_decided_or_dead(
-    batch, redis_server, tiny_card, monkeypatch, tmp_path
-):
+def test_every_hostile_entry_ends_decided_or_dead(batch, redis_server, make_worker):
     """Through a real worker, each arbitrary entry ends as one decision or one dead letter."""
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     keys = Keys(f"h{np.random.default_rng().integers(1 << 40):x}")
-    settings_ = load_settings(
-        redis_url=redis_server.url,
-        namespace=keys.namespace,
-        model={"card": tiny_card},
-        worker={"metrics_port": 0},
-    )
     client = redis_server.client()
-    worker = Worker(settings_, client, load_model(tiny_card))
-    worker.ensure_group()
+    worker = make_worker({"redis_url": redis_server.url, "namespace": keys.namespace}, client)
     ids = [client.xadd(keys.frames, raw or {b"empty": b""}).decode() for raw in batch]
 
     worker.run(burst=True)

@@ -304,6 +304,8 @@ def _view(n: int, decision: str, detections: list[Detection] = ()) -> BagView:
         captured_at=datetime.now(timezone.utc),
         decision=decision,
         detections=list(detections),
+        trace=[],
+        iterations=1,
         rois=[],
         artefacts=[],
         model=ModelRef(id="m", checksum="c", labels=["benign", "gun", "knife"]),

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from pipeline_fixtures import ERASING_ENV, events
-from redis_procs import free_cluster_port
 
 from producer.producer import Producer
 from producer.sources import SyntheticSource
 from shared.keys import Keys
 from shared.redis_conn import connect
-from shared.settings import load_settings
-from worker.engine.model import load_model
-from worker.service.loop import Worker
+from tests.pipeline_fixtures import ERASING, events
+from tests.redis_procs import free_cluster_port
 
 pytestmark = pytest.mark.redis
 
@@ -112,23 +109,22 @@ def _wait(
         time.sleep(0.05)
 
 
-def test_producer_and_worker_run_on_a_cluster(cluster_url, tiny_card, monkeypatch, tmp_path):
+def test_producer_and_worker_run_on_a_cluster(cluster_url, make_worker):
     """Frames produced into a cluster are all decided there, with alerts and nothing pending."""
-    for name, value in {**ERASING_ENV, "SCANGUARD_WORKER__HEALTH_DIR": str(tmp_path)}.items():
-        monkeypatch.setenv(name, value)
     keys = Keys("lane-c")
-    settings = load_settings(
-        redis_url=cluster_url,
-        namespace=keys.namespace,
-        model={"card": tiny_card, "max_batch": 8},
-        worker={"metrics_port": 0},
-    )
     client = connect(cluster_url)
     summary = Producer(connect(cluster_url), keys, "lane-c", count=12).run(
         SyntheticSource("source", seed=3, size=(96, 64))
     )
-    worker = Worker(settings, client, load_model(tiny_card))
-    worker.ensure_group()
+    worker = make_worker(
+        {
+            "redis_url": cluster_url,
+            "namespace": keys.namespace,
+            "erasing": ERASING,
+            "model": {"max_batch": 8},
+        },
+        client,
+    )
 
     worker.run(burst=True)
 

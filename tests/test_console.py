@@ -13,8 +13,6 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 import uvicorn
-from redis_procs import free_port
-from test_client import JPEG_BYTES, PNG_BYTES, make_event, publish
 
 from shared import alerts_cli
 from shared.console.app import create_app
@@ -22,6 +20,8 @@ from shared.console.data import RateMeter
 from shared.keys import Keys
 from shared.schemas import Detection
 from shared.settings import Settings, SettingsError, load_settings
+from tests.redis_procs import free_port
+from tests.test_client import JPEG_BYTES, PNG_BYTES, make_event, publish
 
 pytestmark = pytest.mark.redis
 

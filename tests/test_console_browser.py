@@ -2,7 +2,7 @@
 
 Needs Debian's `chromium` package on PATH (driven with the playwright library; no
 browser download). The screenshot is kept in $SCANGUARD_TEST_ARTEFACTS (default
-build/test-artefacts/); with SCANGUARD_UPDATE_SCREENSHOT=1 it also replaces docs/console.png.
+build/test-artefacts/); with SCANGUARD_TEST_UPDATE_SCREENSHOT=1 it also replaces docs/console.png.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import ERASING_ENV, write_tiny_card
-from test_console import console_settings, serve_console
 
 from producer.producer import Producer
 from producer.sources import SyntheticSource
 from shared.keys import Keys
-from shared.settings import load_settings
+from tests.pipeline_fixtures import ERASING, write_tiny_card
+from tests.test_console import console_settings, serve_console
 
 CHROMIUM = shutil.which("chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,23 +34,19 @@ ALL_IMAGES_LOADED = """() => {
 }"""
 
 
-def run_worker(server, keys: Keys, tmp_path: Path, monkeypatch) -> None:
+def run_worker(server, keys: Keys, tmp_path: Path, make_worker) -> None:
     """Push synthetic scanner frames from two lanes and decide them with a real worker (burst)."""
-    from worker.engine.model import load_model
-    from worker.service.loop import Worker
-
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
-    for name, value in ERASING_ENV.items():
-        monkeypatch.setenv(name, value)
-    card = write_tiny_card(tmp_path / "model")
-    settings = load_settings(
-        redis_url=server.url,
-        namespace=keys.namespace,
-        model={"card": card, "max_batch": 8},
-        worker={"metrics_port": 0, "max_wait_ms": 50},
+    worker = make_worker(
+        {
+            "redis_url": server.url,
+            "namespace": keys.namespace,
+            "erasing": ERASING,
+            "model": {"max_batch": 8},
+            "worker": {"max_wait_ms": 50},
+        },
+        server.client(),
+        card=write_tiny_card(tmp_path / "model"),
     )
-    worker = Worker(settings, server.client(), load_model(card))
-    worker.ensure_group()
     for lane, seed in (("lane-1", 3), ("lane-2", 4)):
         Producer(server.client(), keys, scanner_id=lane, count=6).run(
             SyntheticSource("target", seed=seed)
@@ -64,13 +59,13 @@ def keep_screenshot(page) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "console.png"
     page.screenshot(path=str(path))
-    if os.environ.get("SCANGUARD_UPDATE_SCREENSHOT") == "1":
+    if os.environ.get("SCANGUARD_TEST_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
         shutil.copyfile(path, ROOT / "docs" / "console.png")
     return path
 
 
-def test_alerts_appear_live_and_verdicts_land_in_redis(redis_server, keys, tmp_path, monkeypatch):
+def test_alerts_appear_live_and_verdicts_land_in_redis(redis_server, keys, tmp_path, make_worker):
     """Alerts from a real worker appear live with both images; a Confirm click lands in {ns}:verdicts."""
     sync_api = pytest.importorskip("playwright.sync_api")
     client = redis_server.client()
@@ -85,7 +80,7 @@ def test_alerts_appear_live_and_verdicts_land_in_redis(redis_server, keys, tmp_p
         page.goto(url)
         page.wait_for_selector("#live.on", timeout=10_000)
 
-        run_worker(redis_server, keys, tmp_path, monkeypatch)
+        run_worker(redis_server, keys, tmp_path, make_worker)
         newest_first = [eid.decode() for eid, _ in client.xrevrange(keys.alerts)]
         assert newest_first, "the sharpened tiny model should raise some alerts"
         page.wait_for_function(

@@ -13,13 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_client import make_event, publish
 
 from shared.delivery.dispatcher import Dispatcher
 from shared.delivery.jobs import job_id, make_queue, run_delivery
 from shared.delivery.sinks import SIGNATURE_HEADER, ArchiveSink, resolve_sink, verify
 from shared.keys import Keys
 from shared.settings import load_settings
+from tests.test_client import make_event, publish
 
 pytestmark = pytest.mark.redis
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,7 +266,7 @@ def test_sinks_resolve_by_name_or_dotted_path():
 
 
 def test_dispatcher_resumes_its_own_pending_entries(redis_server, keys, tmp_path, monkeypatch):
-    """Entries a dispatcher read but never acknowledged are enqueued on restart; unreadable ones wait."""
+    """Entries a dispatcher read but never acknowledged are enqueued on restart; an unreadable one is acknowledged, counted and left on the stream."""
     client = redis_server.client()
     for n in range(3):
         publish(client, keys, make_event(keys, n))
@@ -280,4 +280,6 @@ def test_dispatcher_resumes_its_own_pending_entries(redis_server, keys, tmp_path
 
     assert (first.enqueued, second.enqueued) == (3, 0)
     assert make_queue(client, env["SCANGUARD_DELIVERY__QUEUE"]).count == 3
-    assert client.xpending(keys.alerts, "dispatch")["pending"] == 1  # the unreadable entry
+    assert (first.unreadable, second.unreadable) == (1, 0)
+    assert client.xpending(keys.alerts, "dispatch")["pending"] == 0  # none left to wedge the group
+    assert client.xlen(keys.alerts) == 4  # the unreadable entry stays for inspection

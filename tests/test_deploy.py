@@ -292,16 +292,21 @@ def test_cpu_requirements_are_the_project_dependencies_without_torch():
 def test_cpu_image_packages_import_nothing_it_lacks():
     """Module-level imports of shared/ and producer/ resolve to the CPU requirements or theirs."""
     lines = (DEPLOY / "requirements-cpu.txt").read_text().splitlines()
-    allowed = {re.split(r"[\[<>=]", d)[0].lower() for d in lines if d and not d.startswith("#")}
+    allowed = {dist_name(re.split(r"[\[<>=]", d)[0]) for d in lines if d and not d.startswith("#")}
     for name in list(allowed):
         for req in requires(name) or []:
             if "extra ==" not in req:
-                allowed.add(re.split(r"[\s\[<>=;!~]", req)[0].lower())
+                allowed.add(dist_name(re.split(r"[\s\[<>=;!~]", req)[0]))
     dists = packages_distributions()
     for path in [*ROOT.glob("shared/**/*.py"), *ROOT.glob("producer/**/*.py")]:
         for root in module_imports(path) - set(sys.stdlib_module_names) - {"shared", "producer"}:
-            owners = {d.lower() for d in dists.get(root, [])}
+            owners = {dist_name(d) for d in dists.get(root, [])}
             assert owners & allowed, f"{path.relative_to(ROOT)} imports {root} ({owners})"
+
+
+def dist_name(name: str) -> str:
+    """A distribution name normalised (PEP 503): pydantic_core and pydantic-core are one."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def module_imports(path: Path) -> set[str]:

@@ -7,7 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import (
+
+from tests.engine_fixtures import (
     FIVE_LABELS,
     THREE_LABELS,
     as_inputs,
@@ -15,16 +16,15 @@ from engine_fixtures import (
     build_vit,
     compare_with_reference,
     near_decision_boundary,
-    one_torch_thread,  # noqa: F401  (autouse fixture: importing it applies it here)
     run_engine,
     run_reference,
     structured_images,
 )
-
 from worker.engine.decision import DecisionPolicy, Verdict
 from worker.engine.erasing import EngineInput, ErasingEngine
 from worker.engine.reference import erase
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BATCH_ATOL = (
     5e-5  # same frame, different batch: only GEMM blocking differs, amplified by the steep head
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from worker import evaluate
 from worker.engine.decision import DecisionPolicy, Verdict
+from worker.training import evaluate
 from worker.training.metrics import Decision, choose, replay, score
 
 CARD = Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"

@@ -16,9 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import events, heartbeat, push_frames, wait_for
 
 from shared.keys import Keys
+from tests.pipeline_fixtures import events, heartbeat, push_frames, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 FAULT_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "fault_worker.py")]

@@ -8,10 +8,10 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from pipeline_fixtures import heartbeat, wait_for
 
 from producer.producer import Producer
 from producer.sources import SourceFrame
+from tests.pipeline_fixtures import heartbeat, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 N_BURST = 10_000

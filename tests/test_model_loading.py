@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from engine_fixtures import one_torch_thread  # noqa: F401  (autouse: importing it applies it here)
 from safetensors.torch import save_file
 
 from worker.engine.model import ModelLoadError, from_module, load_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY_KWARGS = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
 LABELS = ["benign", "gun", "knife"]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_procs import find_binary, free_port
 
 from producer.producer import Producer
 from producer.sources import SourceFrame
 from shared.backoff import Backoff
 from shared.redis_conn import check_url, connect, describe_url, embedded_redis, redis_from_settings
 from shared.settings import load_settings
+from tests.redis_procs import find_binary, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,15 +6,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from engine_fixtures import (
-    FIVE_LABELS,
-    build_vit,
-    one_torch_thread,  # noqa: F401  (autouse: importing it applies it here)
-    structured_images,
-)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.engine_fixtures import (
+    FIVE_LABELS,
+    build_vit,
+    structured_images,
+)
 from worker.engine.attention import (
     AttentionRecorder,
     attention_mask,
@@ -24,6 +23,7 @@ from worker.engine.attention import (
 )
 from worker.engine.reference import vit_attention_forward
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROLLOUT_ATOL = 1e-6  # same fp32 input maps: only fp32 vs float64 arithmetic differs
 CAPTURE_ATOL = 1e-6  # hook capture vs block-by-block reference forward, same weights
 

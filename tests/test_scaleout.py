@@ -13,10 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from pipeline_fixtures import ERASING_ENV, encode, events, frame_image, write_tiny_card
 
 from shared.keys import Keys
 from shared.schemas import FrameFields
+from tests.pipeline_fixtures import ERASING_ENV, encode, events, frame_image, write_tiny_card
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent

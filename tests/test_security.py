@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from pipeline_fixtures import heartbeat, wait_for
-from redis_procs import free_port
 
 from shared.redis_conn import connect
+from tests.pipeline_fixtures import heartbeat, wait_for
+from tests.redis_procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cret-Pa55word"

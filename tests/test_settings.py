@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,43 @@ def test_defaults_are_the_seed_values():
     assert (settings.erasing.detect_th, settings.erasing.reconsider_th) == (0.1, 0.001)
     assert settings.erasing.on_exhausted == "undetermined"
     assert settings.namespace == "scanguard"
+
+
+def test_only_harness_variables_reach_a_test():
+    """Inside a test the only SCANGUARD_* variables left are the harness's SCANGUARD_TEST_* ones."""
+    seen = sorted(name for name in os.environ if name.startswith("SCANGUARD_"))
+    assert all(name.startswith("SCANGUARD_TEST_") for name in seen), seen
+    dump = os.environ.get("SCANGUARD_TEST_ENV_DUMP")
+    if dump:
+        Path(dump).write_text(json.dumps(seen))
+
+
+def test_the_developers_shell_does_not_reach_the_tests(tmp_path):
+    """With SCANGUARD_* settings in the shell, a test still sees the defaults, and SCANGUARD_TEST_* variables survive."""
+    dump = tmp_path / "seen.json"
+    env = {
+        **os.environ,
+        "SCANGUARD_NAMESPACE": "from-the-shell",
+        "SCANGUARD_ERASING__DETECT_TH": "0.5",
+        "SCANGUARD_TEST_MARKER": "kept",
+        "SCANGUARD_TEST_ENV_DUMP": str(dump),
+    }
+    here = "tests/test_settings.py::"
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            here + "test_defaults_are_the_seed_values",
+            here + "test_only_harness_variables_reach_a_test",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = json.loads(dump.read_text())
+    assert {"SCANGUARD_TEST_MARKER", "SCANGUARD_TEST_ENV_DUMP"} <= set(seen)
 
 
 def test_nested_environment_variables(monkeypatch):

@@ -80,8 +80,8 @@ def test_train_command_writes_a_card_the_worker_loads(tmp_path) -> None:
     records the recipe; the saved weights are the average, not the last step's."""
     from safetensors.torch import load_file
 
-    from worker import train
     from worker.engine.model import load_model
+    from worker.training import train
 
     out = tmp_path / "model"
     args = ["--out", str(out), "--epochs", "2", "--train-per-class", "22", "--val-per-class", "4"]

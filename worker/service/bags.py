@@ -42,6 +42,8 @@ def bag_view(event: DecisionEvent) -> BagView:
         captured_at=event.captured_at,
         decision=event.decision,
         detections=event.detections,
+        trace=event.trace,
+        iterations=event.iterations,
         rois=event.rois,
         artefacts=event.artefacts,
         model=event.model,
