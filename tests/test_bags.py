@@ -41,7 +41,7 @@ from worker.engine.model import load_model
 from worker.engine.preprocess import to_model_input
 from worker.service.bags import bag_decision, union_classes
 from worker.service.bootstrap import policy_from_settings
-from worker.service.rois import rois_from_mask
+from worker.service.rois import rois_from_mask, work_scale
 
 FAULT_WORKER = [sys.executable, str(Path(__file__).resolve().parent / "fault_worker.py")]
 
@@ -346,17 +346,19 @@ def test_bag_classes_keep_each_class_at_its_highest_probability():
     max_rois=st.integers(1, 4),
 )
 def test_roi_boxes_lie_inside_the_frame_and_cover_the_peak(grid, frame_hw, threshold, max_rois):
-    """Every ROI box lies inside the frame, at most max_rois come back, and one box holds the resized mask's peak."""
+    """Every ROI box lies inside the frame, at most max_rois come back, and one box holds the resized mask's peak (to within one working cell)."""
     grid = grid.copy()
     grid[2, 3] = 1.5  # a clear peak, as a rollout mask has
     rois = rois_from_mask(grid, frame_hw, threshold, max_rois)
     rows, cols = frame_hw
     assert 1 <= len(rois) <= max_rois
     for roi in rois:
-        assert roi.x >= 0 and roi.y >= 0 and roi.w >= 1 and roi.h >= 1
+        assert 0 <= roi.x and 0 <= roi.y and roi.w >= 1 and roi.h >= 1
         assert roi.x + roi.w <= cols and roi.y + roi.h <= rows
-        assert 0.0 < roi.mean <= roi.peak <= 1.0 + 1e-6
+        assert threshold - 1e-6 <= roi.mean <= roi.peak <= 1.0 + 1e-6
     resized = cv2.resize(grid / grid.max(), (cols, rows), interpolation=cv2.INTER_LINEAR)
     py, px = np.unravel_index(int(np.argmax(resized)), resized.shape)
-    assert any(r.x <= px < r.x + r.w and r.y <= py < r.y + r.h for r in rois)
-    assert max(r.peak for r in rois) == pytest.approx(float(resized.max()), abs=1e-5)
+    cell = work_scale(frame_hw)
+    assert any(
+        r.x - cell <= px < r.x + r.w + cell and r.y - cell <= py < r.y + r.h + cell for r in rois
+    )

@@ -8,20 +8,25 @@ import numpy as np
 
 def _resize_to(mask: np.ndarray, shape_hw: tuple[int, int]) -> np.ndarray:
     rows, cols = shape_hw
-    return cv2.resize(mask.astype(np.float32), (cols, rows), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(
+        mask.astype(np.float32, copy=False), (cols, rows), interpolation=cv2.INTER_LINEAR
+    )
 
 
 def erased_image(original: np.ndarray, erase_mask: np.ndarray, fill: float) -> np.ndarray:
     """The frame as the model saw it last: x = M·x₀ + (1−M)·fill, at the frame's own size.
+
+    One cv2 blend over uint8 pixels (no float copy of the frame); it equals the float
+    formula to within one grey level (the fill is rounded to a whole level).
 
     Args:
         original: (H, W, 3) uint8 RGB frame as received.
         erase_mask: (rows, cols) cumulative multiplier from the engine (1 = untouched).
         fill: the value erased pixels tend to, in [0, 1].
     """
-    weight = _resize_to(erase_mask, original.shape[:2])[..., None]  # (H, W, 1)
-    out = original.astype(np.float32) * weight + (1.0 - weight) * (fill * 255.0)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    weight = _resize_to(erase_mask, original.shape[:2])  # (H, W) float32
+    backdrop = np.full_like(original, round(fill * 255.0))
+    return cv2.blendLinear(original, backdrop, weight, 1.0 - weight)
 
 
 def heatmap_overlay(original: np.ndarray, mask_grid: np.ndarray, alpha: float = 0.5) -> np.ndarray:
