@@ -52,6 +52,24 @@ SCRIPT_INNER = {"xack", "xdel", "xadd", "set", "publish"}
 Snapshot = tuple[Counter[str], Counter[str], int, int, float]
 
 
+@contextlib.contextmanager
+def counting_round_trips() -> Any:
+    """Count the requests this process sends to Redis (one send = one round trip: a
+    pipeline's commands go out in one send), across every connection, while inside."""
+    counter = Counter[str]()
+    real = redis.connection.AbstractConnection.send_packed_command
+
+    def send(self: Any, command: Any, check_health: bool = True) -> None:
+        counter["sends"] += 1
+        real(self, command, check_health)
+
+    redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    try:
+        yield counter
+    finally:
+        redis.connection.AbstractConnection.send_packed_command = real  # type: ignore[method-assign]
+
+
 def snapshot(client: redis.Redis) -> Snapshot:
     """Calls and microseconds per command, bytes in and out, server CPU seconds (cumulative)."""
     calls: Counter[str] = Counter()
@@ -101,7 +119,8 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
     producer = Producer(connect(url), keys, "lane-1", count=frames, max_backlog=frames + 1)
     producer.run(SyntheticSource("target", seed=seed, size=size))
     produced = snapshot(client)
-    worker.run(burst=True)
+    with counting_round_trips() as sent:
+        worker.run(burst=True)
     decided = snapshot(client)
     retained = int(client.info("memory")["used_memory"]) - memory_before
 
@@ -121,6 +140,7 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
         "producer": phase_cost(start, produced, scripted=False),
         "worker": phase_cost(produced, decided, scripted=True),
         "retained_bytes": retained,
+        "worker_round_trips": sent["sends"],
     }
 
 
@@ -151,6 +171,7 @@ def report(result: dict[str, Any]) -> None:
             f"out of redis={cost['out'] / n:.0f} command time/frame={cost['command_us'] / n:.0f} us "
             f"server cpu/frame={cpu_us:.0f} us"
         )
+    print(f"worker round trips per frame={result['worker_round_trips'] / n:.2f}")
     print(
         f"memory retained per frame={result['retained_bytes'] / n:.0f} B "
         "(result entry, dedupe key, artefacts until their TTL)"

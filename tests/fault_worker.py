@@ -28,7 +28,7 @@ from shared.settings import load_settings
 from worker.engine.erasing import ErasingEngine
 from worker.service import loop
 from worker.service.bootstrap import build_worker
-from worker.service.publish import Publisher
+from worker.service.outbox import Outbox
 
 _fired = threading.Event()
 
@@ -75,13 +75,14 @@ def install(point: str, action: str) -> None:
 
         loop.render = render
     elif point == "publish":
-        real_publish = Publisher.decision
+        real_flush = Outbox.flush
 
-        def decision(self, *args, **kwargs):
-            strike(action)
-            return real_publish(self, *args, **kwargs)
+        def flush(self):
+            if self.items:
+                strike(action)
+            return real_flush(self)
 
-        Publisher.decision = decision
+        Outbox.flush = flush
     elif point == "between":
         real_maintain = loop.Worker._maintain
 

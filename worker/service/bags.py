@@ -14,7 +14,6 @@ import enum
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from importlib import resources
 from typing import Any
 
 import redis
@@ -22,6 +21,7 @@ import redis
 from shared.keys import Keys
 from shared.schemas import BagEvent, BagView, DecisionEvent, Detection, utc_now
 from shared.vocab import BagReason, Verdict
+from worker.service.scripts import Call, LuaScript, run_calls
 
 
 class CloseStatus(enum.IntEnum):
@@ -30,6 +30,7 @@ class CloseStatus(enum.IntEnum):
     ALREADY_CLOSED = 0
     CLOSED = 1
     STALE = 2  # a view arrived after the state was read
+    NOT_OURS = 3  # the state does not hold the view the caller expected
 
 
 def bag_view(event: DecisionEvent) -> BagView:
@@ -121,8 +122,69 @@ class BagCloser:
         self.review_ttl_s = review_ttl_s
         self.closed_ttl_s = closed_ttl_s
         self.stream_maxlen = stream_maxlen
-        script = resources.files("worker.service").joinpath("lua", "close_bag.lua").read_text()
-        self._close = client.register_script(script)
+        self._script = LuaScript("close_bag.lua")
+
+    def close_call(self, event: BagEvent, seen: int, expect: tuple[str, str] | None = None) -> Call:
+        """Close the bag with `event` if `seen` views are still all it has (and, with
+        `expect`, if that state field still holds that value)."""
+        review = event.decision != Verdict.CLEAR
+        artefacts = [a.key for view in event.views for a in view.artefacts]
+        return Call(
+            self._script,
+            keys=[
+                self.keys.bag(event.bag_id),
+                self.keys.bags_open,
+                self.keys.bags,
+                self.keys.review,
+                *artefacts,
+            ],
+            args=[
+                event.bag_id,
+                event.to_json(),
+                seen,
+                "1" if review else "0",
+                self.review_ttl_s,
+                self.closed_ttl_s,
+                self.stream_maxlen,
+                *(expect or ()),
+            ],
+        )
+
+    def single_view_close(self, view_event: DecisionEvent) -> tuple[BagEvent, Call]:
+        """The close of a one-view bag, built from its only view before it is published,
+        so it can ride in the same round trip as the publish. It closes nothing unless
+        the state holds exactly this view (a discarded publish leaves another one)."""
+        record = bag_view(view_event).model_dump_json()
+        state = {
+            b"views": b"1",
+            b"seen": b"1",
+            b"scanner_id": view_event.scanner_id.encode(),
+            b"first_ms": str(int(view_event.captured_at.timestamp() * 1000)).encode(),
+            f"v:{view_event.view}".encode(): record.encode(),
+        }
+        bag_id = view_event.bag_id or view_event.frame_id
+        event = build_bag_event(bag_id, state, self.worker_id)
+        return event, self.close_call(event, 1, (f"v:{view_event.view}", record))
+
+    def close_states(self, states: Mapping[str, Mapping[bytes, bytes]]) -> list[BagEvent]:
+        """Close bags whose full state is in hand (one round trip); a bag that changed
+        meanwhile is read again and closed on its own."""
+        events = {
+            bag_id: build_bag_event(bag_id, s, self.worker_id) for bag_id, s in states.items()
+        }
+        calls = [self.close_call(events[b], int(s.get(b"seen", b"0"))) for b, s in states.items()]
+        closed = []
+        for bag_id, reply in zip(events, run_calls(self.client, calls), strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            status = CloseStatus(int(reply))
+            if status is CloseStatus.CLOSED:
+                closed.append(events[bag_id])
+            elif status is CloseStatus.STALE:
+                event = self.close(bag_id)
+                if event is not None:
+                    closed.append(event)
+        return closed
 
     def close(self, bag_id: str, *, attempts: int = 5) -> BagEvent | None:
         """Close `bag_id` now if it is still open; the event written, or None.
@@ -136,7 +198,12 @@ class BagCloser:
                 self.client.zrem(self.keys.bags_open, bag_id)
                 return None
             event = build_bag_event(bag_id, state, self.worker_id)
-            status = CloseStatus(int(self._run(event, state)))
+            (reply,) = run_calls(
+                self.client, [self.close_call(event, int(state.get(b"seen", b"0")))]
+            )
+            if isinstance(reply, Exception):
+                raise reply
+            status = CloseStatus(int(reply))
             if status is CloseStatus.CLOSED:
                 return event
             if status is CloseStatus.ALREADY_CLOSED:
@@ -152,25 +219,3 @@ class BagCloser:
             if event is not None:
                 closed.append(event)
         return closed
-
-    def _run(self, event: BagEvent, state: Mapping[bytes, bytes]) -> Any:
-        review = event.decision != Verdict.CLEAR
-        artefacts = [a.key for view in event.views for a in view.artefacts]
-        return self._close(
-            keys=[
-                self.keys.bag(event.bag_id),
-                self.keys.bags_open,
-                self.keys.bags,
-                self.keys.review,
-                *artefacts,
-            ],
-            args=[
-                event.bag_id,
-                event.to_json(),
-                state.get(b"seen", b"0"),
-                "1" if review else "0",
-                self.review_ttl_s,
-                self.closed_ttl_s,
-                self.stream_maxlen,
-            ],
-        )

@@ -7,7 +7,7 @@ import struct
 import cv2
 import numpy as np
 
-from shared.images import sniff_content_type
+from shared.images import DICOM, sniff_content_type
 from shared.vocab import DeadKind
 
 # JPEG start-of-frame markers that carry the image size (all SOFn except DHT/JPG/DAC).
@@ -74,11 +74,13 @@ def _check_complete(data: bytes, content_type: str) -> None:
 def decode_image(
     data: bytes, content_type: str, max_pixels: int, max_side: int = 16_384
 ) -> np.ndarray:
-    """Decode JPEG/PNG bytes to (H, W, 3) uint8 RGB.
+    """Decode JPEG/PNG bytes, or a DICOS DX object, to (H, W, 3) uint8 RGB.
 
     Grayscale, 16-bit and alpha images are accepted and converted; anything that is
     not a complete image of the declared type raises `DecodeError`.
     """
+    if content_type == DICOM:
+        return _decode_dicos(data, max_pixels, max_side)
     width, height = image_size(data, content_type)
     _check_complete(data, content_type)
     if width == 0 or height == 0:
@@ -107,3 +109,13 @@ def decode_image(
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     raise DecodeError(f"unsupported channel count {image.shape[2]}")
+
+
+def _decode_dicos(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
+    # Imported here: pydicom loads in workers that meet a DICOS frame, not in every one.
+    from worker.service.dicos import DicosError, decode_dicos
+
+    try:
+        return decode_dicos(data, max_pixels, max_side).rgb
+    except DicosError as exc:
+        raise DecodeError(str(exc), exc.kind) from None

@@ -38,7 +38,7 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
@@ -48,7 +48,7 @@ import structlog
 
 from shared.backoff import Backoff
 from shared.keys import Keys
-from shared.schemas import BagEvent, DeadLetter, MetaLimits, utc_now
+from shared.schemas import MetaLimits, utc_now
 from shared.settings import Settings
 from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group, refusal
 from shared.vocab import DeadKind
@@ -60,7 +60,8 @@ from worker.service.events import InFlight, RenderOptions, render
 from worker.service.health import health_file
 from worker.service.intake import IntakeLimits, Rejected, decode_entry, internal_error
 from worker.service.metrics import WorkerMetrics
-from worker.service.publish import Lifetimes, Outcome, Publisher, PublishStatus
+from worker.service.outbox import Outbox
+from worker.service.publish import Lifetimes, Outcome, Publisher
 from worker.service.upkeep import claim_stale, prune_consumers
 
 log = structlog.get_logger("scanguard.worker")
@@ -129,14 +130,11 @@ class Worker:
             max_views=ws.max_views,
             meta=MetaLimits(ws.max_meta_bytes, ws.max_meta_depth),
         )
-        self.decided = 0
-        self.dead = 0
         self._pool = ThreadPoolExecutor(ws.decode_threads, thread_name_prefix="scanguard-io")
         self._decoding: deque[Future[tuple[InFlight, EngineInput] | Rejected]] = deque()
         self._in_engine: dict[str, InFlight] = {}
         self._owned: set[str] = set()  # entry ids read or claimed and not yet published
         self._rendering: deque[Future[Outcome | Rejected]] = deque()
-        self._outbox: deque[Outcome | Rejected] = deque()
         self._stop = threading.Event()
         self._signals = 0
         self._next_heartbeat = 0.0
@@ -145,6 +143,7 @@ class Worker:
         self._group_ready = False
         self._health_condition = "-"  # not written yet
         self.log = log.bind(worker_id=self.id)
+        self._outbox = Outbox(client, self.publisher, self.bags, self.metrics, self.id, self.log)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -437,98 +436,21 @@ class Worker:
             self._flush_outbox()
 
     def _flush_outbox(self) -> None:
-        batch: Counter[str] = Counter()
-        while self._outbox:
-            item = self._outbox[0]
-            if isinstance(item, Rejected):
-                self._dead_letter(item)
-                self._outbox.popleft()  # only after Redis took it: an outage keeps it queued
-                self._owned.discard(item.entry_id)
-                batch["dead"] += 1
-                continue
-            status = self.publisher.decision(item)
-            self._outbox.popleft()
-            self._owned.discard(item.event.entry_id)
-            batch[status.name.lower()] += 1
-            self._account(item, status)
-            if status is PublishStatus.BAG_COMPLETE:
-                # Published already: if Redis goes before the close, the deadline closes it.
-                self._close_bag(item.event.bag_id or item.event.frame_id)
-        if batch:
-            self.log.info("batch_done", active=self.engine.active, **batch)
-
-    def _close_bag(self, bag_id: str) -> None:
-        event = self.bags.close(bag_id)
-        if event is not None:
-            self._bag_closed(event)
+        for entry_id in self._outbox.flush():
+            self._owned.discard(entry_id)
 
     def _close_due_bags(self) -> None:
         """Maintenance: bags past their deadline close now (undetermined if views are missing)."""
         for event in self.bags.close_due(int(time.time() * 1000)):
-            self._bag_closed(event)
+            self._outbox.bag_closed(event)
 
-    def _bag_closed(self, event: BagEvent) -> None:
-        self.metrics.bags.labels(event.decision.value, event.reason.value).inc()
-        self.log.debug(
-            "bag_closed",
-            bag_id=event.bag_id,
-            decision=event.decision.value,
-            reason=event.reason.value,
-            missing_views=event.missing_views,
-        )
+    @property
+    def decided(self) -> int:
+        return self._outbox.decided
 
-    def _account(self, item: Outcome, status: PublishStatus) -> None:
-        event = item.event
-        if status.published:
-            self.decided += 1
-            self.metrics.frames.labels(event.decision).inc()
-            self.metrics.iterations.observe(event.iterations)
-            self.metrics.latency_seconds.observe(event.latency_ms / 1000.0)
-            if event.decision == "threat":
-                self.log.info(
-                    "threat_alert",
-                    frame_id=event.frame_id,
-                    scanner_id=event.scanner_id,
-                    classes=[d.label for d in event.detections],
-                    iterations=event.iterations,
-                )
-        elif status is PublishStatus.DISCARDED:
-            self.metrics.discarded.inc()
-            self.log.warning("publish_discarded", frame_id=event.frame_id, entry_id=event.entry_id)
-            if status is PublishStatus.LATE:
-                self.log.info("late_view", bag_id=event.bag_id, frame_id=event.frame_id)
-        else:
-            kind = DeadKind.DUPLICATE if status is PublishStatus.DUPLICATE else DeadKind.BAD_BAG
-            self.dead += 1
-            self.metrics.dead.labels(kind.value).inc()
-            self.log.warning(
-                "frame_dead", frame_id=event.frame_id, entry_id=event.entry_id, kind=kind.value
-            )
-
-    def _dead_letter(self, item: Rejected) -> None:
-        frame_id = item.raw.get(b"frame_id", b"").decode(errors="replace") or None
-        scanner_id = item.raw.get(b"scanner_id", b"").decode(errors="replace") or None
-        letter = DeadLetter(
-            event_id=os.urandom(16).hex(),
-            entry_id=item.entry_id,
-            frame_id=frame_id,
-            scanner_id=scanner_id,
-            reason=item.reason,
-            kind=item.kind,
-            deliveries=item.deliveries,
-            worker_id=self.id,
-            failed_at=utc_now(),
-        )
-        if self.publisher.dead_letter(letter, item.raw):
-            self.dead += 1
-            self.metrics.dead.labels(item.kind.value).inc()
-            self.log.warning(
-                "frame_dead",
-                entry_id=item.entry_id,
-                frame_id=frame_id,
-                kind=item.kind.value,
-                reason=item.reason,
-            )
+    @property
+    def dead(self) -> int:
+        return self._outbox.dead
 
     # -- reclaiming stale entries --------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from dataclasses import dataclass
-from importlib import resources
+from typing import Any
 
 import redis
 
@@ -13,10 +13,7 @@ from shared.keys import Keys
 from shared.schemas import DeadLetter, DecisionEvent
 from shared.vocab import DeadKind, Verdict
 from worker.service.bags import bag_view
-
-
-def _script(name: str) -> str:
-    return resources.files("worker.service").joinpath("lua", name).read_text()
+from worker.service.scripts import Call, LuaScript, run_calls
 
 
 class PublishStatus(enum.IntEnum):
@@ -77,12 +74,20 @@ class Publisher:
         self.lifetimes = lifetimes
         self.stream_maxlen = stream_maxlen
         self.dead_field_bytes = dead_field_bytes
-        self._publish = client.register_script(_script("publish.lua"))
-        self._dead = client.register_script(_script("dead.lua"))
+        self.client = client
+        self._publish = LuaScript("publish.lua")
+        self._dead = LuaScript("dead.lua")
 
     def decision(self, outcome: Outcome) -> PublishStatus:
+        """`decision_call` run on its own (one round trip)."""
+        (reply,) = run_calls(self.client, [self.decision_call(outcome)])
+        if isinstance(reply, Exception):
+            raise reply
+        return decision_status(reply)[0]
+
+    def decision_call(self, outcome: Outcome) -> Call:
         """Publish the decision (and, for threats, the alert), record the view in its bag
-        and ack the frame, all or nothing.
+        and ack the frame, all or nothing (`publish.lua`; its reply: `decision_status`).
 
         A frame whose id was decided before gets no second decision, and a view that
         contradicts its bag none either; both go to the dead-letter stream with the reason.
@@ -101,7 +106,8 @@ class Publisher:
             failed_at=event.decided_at,
         )
         captured_ms = int(event.captured_at.timestamp() * 1000)
-        status = self._publish(
+        return Call(
+            self._publish,
             keys=[
                 keys.frames,
                 keys.results,
@@ -138,10 +144,10 @@ class Publisher:
                 captured_ms,
             ],
         )
-        return PublishStatus(int(status))
 
-    def dead_letter(self, letter: DeadLetter, fields: dict[bytes, bytes]) -> bool:
-        """Move the frame to the dead-letter stream with its reason; False if already acked.
+    def dead_letter_call(self, letter: DeadLetter, fields: dict[bytes, bytes]) -> Call:
+        """Move the frame to the dead-letter stream with its reason (`dead.lua`: 1, or 0 if
+        another worker acknowledged the frame first).
 
         The frame's fields travel with the letter (`frame_<name>`), each cut to
         `dead_field_bytes`; the full sizes of cut fields are noted in `frame_truncated`
@@ -161,4 +167,12 @@ class Publisher:
             args.extend((name, value))
         if truncated:
             args.extend((b"truncated", json.dumps(truncated)))
-        return bool(self._dead(keys=[self.keys.frames, self.keys.dead], args=args))
+        return Call(self._dead, keys=[self.keys.frames, self.keys.dead], args=args)
+
+
+def decision_status(reply: Any) -> tuple[PublishStatus, dict[bytes, bytes] | None]:
+    """`publish.lua`'s reply: the status, and the bag's state when the view completed it."""
+    if isinstance(reply, list):
+        values = reply[1:]
+        return PublishStatus(int(reply[0])), dict(zip(values[::2], values[1::2], strict=True))
+    return PublishStatus(int(reply)), None

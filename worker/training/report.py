@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from worker.training.bag_eval import BAGS_FILE, render_section
 
 
 def _pct(value: object) -> str:
@@ -144,4 +147,8 @@ def write_report(path: Path, report: dict) -> None:
         + ".",
         "",
     ]
+    # The bag evaluation is a separate command; its section outlives reruns of this one.
+    bags = path.parent / BAGS_FILE
+    if bags.exists():
+        out += render_section(json.loads(bags.read_text()))
     path.write_text("\n".join(out))

@@ -3,9 +3,11 @@
 --       5.. artefact keys of the bag's views (originals, erased images, heat-maps)
 -- ARGV: 1 bag id, 2 bag event JSON, 3 views the caller saw decided ("seen"),
 --       4 "1" if the bag goes to review, 5 review TTL s, 6 closed-marker TTL s,
---       7 stream maxlen
+--       7 stream maxlen, 8 (optional) a state field and 9 the value the caller expects in it
 -- Returns 1 closed now, 0 already closed (nothing written),
---         2 stale: more views arrived since the caller read the state (read again).
+--         2 stale: more views arrived since the caller read the state (read again),
+--         3 not as expected: field 8 does not hold value 9 (the caller's own view was
+--           not the one recorded, e.g. its publish was discarded); nothing written.
 if redis.call('HGET', KEYS[1], 'closed') then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
@@ -13,6 +15,9 @@ end
 local seen = redis.call('HGET', KEYS[1], 'seen') or '0'
 if seen ~= ARGV[3] then
   return 2
+end
+if ARGV[8] and redis.call('HGET', KEYS[1], ARGV[8]) ~= ARGV[9] then
+  return 3
 end
 local maxlen = tonumber(ARGV[7])
 local function append(stream, event)

@@ -14,7 +14,8 @@
 --         1 published, bag still open,
 --         2 frame id already decided: no second decision; the entry goes to the
 --           dead-letter stream so a re-sent or mislabelled frame is seen, not dropped,
---         3 published, and this view completes its bag (the caller closes it),
+--         {3, field, value, ...} published, and this view completes its bag: the bag's
+--           state (HGETALL) follows, so the caller closes it without reading it again,
 --         4 published, but its bag had closed already (the view changes nothing),
 --         5 the view contradicts its bag (seen twice, other view count): dead-lettered.
 if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
@@ -84,6 +85,8 @@ local seen = redis.call('HINCRBY', KEYS[9], 'seen', 1)
 -- The earliest capture of any view sets the deadline (LT: only ever moves earlier).
 redis.call('ZADD', KEYS[10], 'LT', ARGV[17], ARGV[20])
 if seen >= tonumber(ARGV[15]) then
-  return 3
+  local state = redis.call('HGETALL', KEYS[9])
+  table.insert(state, 1, 3)
+  return state
 end
 return 1
