@@ -129,6 +129,7 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
     artefact_bytes = sum(a["bytes"] for e in events for a in e.get("artefacts", []))
     event_bytes = sum(len(json.dumps(e)) for e in events)
     server = client.info("server")["redis_version"]
+    unit_bytes = memory_per_unit(client, keys, events)
     client.close()
     return {
         "redis": server,
@@ -141,7 +142,38 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
         "worker": phase_cost(produced, decided, scripted=True),
         "retained_bytes": retained,
         "worker_round_trips": sent["sends"],
+        "unit_bytes": unit_bytes,
     }
+
+
+def memory_per_unit(
+    client: redis.Redis, keys: Keys, events: list[dict[str, Any]]
+) -> dict[str, float]:
+    """MEMORY USAGE of what a decided frame leaves behind, by kind (mean over the run)."""
+
+    def mean_usage(names: list[str]) -> float:
+        sizes = [client.memory_usage(name, samples=0) or 0 for name in names]
+        return sum(sizes) / max(len(sizes), 1)
+
+    refs = [a for e in events for a in e.get("artefacts", [])]
+    stream_bytes = {
+        name: (client.memory_usage(key, samples=0) or 0) / max(client.xlen(key), 1)
+        for name, key in (
+            ("results entry", keys.results),
+            ("alerts entry", keys.alerts),
+            ("bags entry", keys.bags),
+            ("review entry", keys.review),
+        )
+    }
+    kept = {
+        kind: mean_usage([a["key"] for a in refs if a["kind"] == kind and client.exists(a["key"])])
+        for kind in ("original", "masked", "heatmap")
+    }
+    markers = {
+        "dedupe key": mean_usage([keys.done(e["frame_id"]) for e in events]),
+        "closed-bag marker": mean_usage([keys.bag(e["bag_id"] or e["frame_id"]) for e in events]),
+    }
+    return {**stream_bytes, **{f"{k} artefact": v for k, v in kept.items()}, **markers}
 
 
 def report(result: dict[str, Any]) -> None:
@@ -172,6 +204,10 @@ def report(result: dict[str, Any]) -> None:
             f"server cpu/frame={cpu_us:.0f} us"
         )
     print(f"worker round trips per frame={result['worker_round_trips'] / n:.2f}")
+    print(
+        "memory per unit (B): "
+        + ", ".join(f"{name} {size:.0f}" for name, size in result["unit_bytes"].items())
+    )
     print(
         f"memory retained per frame={result['retained_bytes'] / n:.0f} B "
         "(result entry, dedupe key, artefacts until their TTL)"
