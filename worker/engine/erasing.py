@@ -79,9 +79,29 @@ class ErasingEngine:
         self._recorder = AttentionRecorder(model.module, policy.head_fusion)
         self._threats = model.threat_indices
         rows, cols = model.input_hw
-        self._pixels = torch.empty(0, 3, rows, cols, device=self.device)  # current x_k in [0, 1]
-        self._cumulative = torch.empty(0, 1, rows, cols, device=self.device)
+        # The active set lives in the first `active` rows of preallocated slot buffers:
+        # x_k in [0, 1] and the cumulative erase multiplier. Two of each, so dropping
+        # finished frames is a gather into the other buffer, never an allocation.
+        self._pixels_buf = [
+            torch.empty(max_batch, 3, rows, cols, device=self.device) for _ in range(2)
+        ]
+        self._cumulative_buf = [
+            torch.empty(max_batch, 1, rows, cols, device=self.device) for _ in range(2)
+        ]
+        self._current = 0
+        # Frames arrive here from the host; pinned on CUDA so the copy is asynchronous.
+        self._staging = torch.empty(
+            max_batch, rows, cols, 3, dtype=torch.uint8, pin_memory=self.device.type == "cuda"
+        )
         self._slots: list[_Slot] = []
+
+    @property
+    def _pixels(self) -> torch.Tensor:
+        return self._pixels_buf[self._current][: len(self._slots)]
+
+    @property
+    def _cumulative(self) -> torch.Tensor:
+        return self._cumulative_buf[self._current][: len(self._slots)]
 
     @property
     def active(self) -> int:
@@ -104,15 +124,20 @@ class ErasingEngine:
                     f"frame {frame.key!r}: expected ({rows}, {cols}, 3) uint8, got "
                     f"{frame.pixels.shape} {frame.pixels.dtype}"
                 )
-        host = torch.from_numpy(np.stack([f.pixels for f in frames]))  # (B, rows, cols, 3) uint8
-        if self.device.type == "cuda":
-            host = host.pin_memory()
+        start, count = len(self._slots), len(frames)
+        staging = self._staging.numpy()
+        for offset, frame in enumerate(frames):
+            staging[offset] = frame.pixels
         with torch.inference_mode():
-            batch = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-            self._pixels = torch.cat([self._pixels, batch])
-            self._cumulative = torch.cat(
-                [self._cumulative, torch.ones(len(frames), 1, rows, cols, device=self.device)]
+            rows_in = slice(start, start + count)
+            # The step's probability copy to the host syncs the device before the next
+            # admission, so a staging row is never overwritten while a copy reads it.
+            pixels = self._pixels_buf[self._current][rows_in]
+            pixels.copy_(
+                self._staging[:count].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             )
+            pixels.div_(255.0)
+            self._cumulative_buf[self._current][rows_in].fill_(1.0)
         self._slots.extend(_Slot(f.key, []) for f in frames)
 
     def _autocast(self) -> contextlib.AbstractContextManager[object]:
@@ -183,27 +208,24 @@ class ErasingEngine:
 
     def _advance(self, keep: list[int], grid: torch.Tensor) -> None:
         """Erase the frames that go on: x ← m·x + (1−m)·fill, and drop the rest."""
-        if len(keep) == len(self._slots):
-            rows = None
-        else:
+        if len(keep) < len(self._slots):
+            # Gather the frames that go on into the other buffer's first rows.
             rows = torch.tensor(keep, device=self.device, dtype=torch.long)
+            other = 1 - self._current
+            count = len(keep)
+            torch.index_select(self._pixels, 0, rows, out=self._pixels_buf[other][:count])
+            torch.index_select(self._cumulative, 0, rows, out=self._cumulative_buf[other][:count])
+            grid = grid.index_select(0, rows)
             self._slots = [self._slots[i] for i in keep]
+            self._current = other
         if not keep:
-            self._pixels = self._pixels[:0]
-            self._cumulative = self._cumulative[:0]
             return
-        pixels, cumulative, grid_kept = self._pixels, self._cumulative, grid
-        if rows is not None:
-            pixels = pixels.index_select(0, rows)
-            cumulative = cumulative.index_select(0, rows)
-            grid_kept = grid.index_select(0, rows)
-        mask = resize_mask(grid_kept, self.model.input_hw)  # (K, 1, rows, cols)
-        fill = self.policy.fill
-        if fill == 0.0:
-            self._pixels = pixels * mask
-        else:
-            self._pixels = pixels * mask + (1.0 - mask) * fill
-        self._cumulative = cumulative * mask
+        mask = resize_mask(grid, self.model.input_hw)  # (K, 1, rows, cols)
+        pixels = self._pixels
+        pixels.mul_(mask)
+        if self.policy.fill != 0.0:
+            pixels.add_((1.0 - mask) * self.policy.fill)
+        self._cumulative.mul_(mask)
 
     def run(self, frames: Sequence[EngineInput]) -> list[FrameResult]:
         """Decide `frames` to the end, refilling the active set between steps.
