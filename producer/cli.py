@@ -1,4 +1,5 @@
-"""`python -m producer`: push frames from a folder, a video or the synthetic scanner."""
+"""`python -m producer`: push frames from a folder, a video, DICOS files or the synthetic
+scanner; `python -m producer export`: write synthetic bags as DICOS DX files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 import structlog
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--source",
         default="synthetic:source",
-        help="dir:PATH | video:PATH_OR_URL_OR_INDEX | synthetic:source|target (default %(default)s)",
+        help="dir:PATH | video:PATH_OR_URL_OR_INDEX | synthetic:source|target | dicos:PATH "
+        "(a DICOS file or folder; see docs/DICOS.md) (default %(default)s)",
     )
     parser.add_argument(
         "--views",
@@ -185,12 +188,51 @@ class ProgressLine:
         self.stream.flush()
 
 
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m producer export",
+        description="Write synthetic bags as files: one DICOS DX object per view, the views "
+        "of a bag sharing its Object of Inspection ID and scan (see docs/DICOS.md).",
+    )
+    parser.add_argument("--source", default="synthetic:target", help="synthetic:source|target")
+    parser.add_argument("--views", type=_views, default=2, help="views per bag (default 2)")
+    parser.add_argument("--count", type=_positive_int, default=10, help="bags (default 10)")
+    parser.add_argument("--start", type=int, default=0, help="index of the first bag")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic scanner seed")
+    parser.add_argument("--size", default=None, help="view WIDTHxHEIGHT (default: the scanner's)")
+    parser.add_argument("--format", choices=("dicos",), default="dicos", help="file format")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write into")
+    return parser
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """`export`: write the bags, print a JSON summary; exit 2 on bad arguments."""
+    args = build_export_parser().parse_args(argv)
+    kind, _, domain = args.source.partition(":")
+    if kind != "synthetic" or domain not in ("source", "target"):
+        print("error: --source: only synthetic:source|target can be exported", file=sys.stderr)
+        return 2
+    try:
+        size = _size(args.size)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from producer.dicos import export_synthetic  # pydicom loads for an export only
+
+    paths = export_synthetic(args.out, domain, args.seed, args.views, args.count, size, args.start)
+    print(json.dumps({"format": args.format, "bags": args.count, "files": len(paths)}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the producer; exit 0 when done, 2 on bad settings or arguments, 1 on a failure.
 
     Once frames flow, the summary is printed on every way out, so that
     offered == sent + dropped + abandoned can be checked whatever happened.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.views is not None and not args.source.startswith("synthetic:"):
         print(

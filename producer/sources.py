@@ -1,10 +1,11 @@
-"""Frame sources: a folder of images, a video/stream/camera, the synthetic scanner.
+"""Frame sources: a folder of images, a video/stream/camera, the synthetic scanner, DICOS.
 
 A source may group frames into multi-view bags (DESIGN §9): a frame then carries its
 source's `bag_id` with `view` and `views`, and every view of a bag comes before the next
 bag's. The synthetic source makes bags with `views` > 1; a folder makes them from its
 layout (a sub-folder per bag, or files named `BAG_vK.png`; see `producer.layout`).
 Video and camera frames are one-view frames, as are all frames without bag fields.
+DICOS objects travel as received; their bags come from their own attributes (`producer.dicos`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import structlog
 
 from producer.layout import image_files, plan
 from producer.synthetic.pose import MAX_VIEWS
-from shared.images import JPEG, encode_bgr, sniff_content_type
+from shared.images import DICOM, JPEG, encode_bgr, sniff_content_type
 from shared.keys import check_id
 
 log = structlog.get_logger(__name__)
@@ -256,6 +257,19 @@ class SyntheticSource:
             index += 1
 
 
+class DicosSource:
+    """DICOS DX objects from a Part-10 file or a folder, as received (see `producer.dicos`)."""
+
+    def __init__(self, path: str | Path, loop: bool = False):
+        from producer.dicos import DicosFiles  # pydicom loads for a dicos: source only
+
+        self.files = DicosFiles(path, loop=loop)
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        for obj in self.files:
+            yield SourceFrame(obj.data, DICOM, obj.meta, obj.bag_id, obj.view, obj.views)
+
+
 def parse_source(
     spec: str,
     loop: bool = False,
@@ -264,14 +278,16 @@ def parse_source(
     size: tuple[int, int] | None = None,
     views: int = 1,
 ) -> FrameSource:
-    """Build a source from `dir:PATH`, `video:PATH_OR_URL_OR_INDEX` or `synthetic:DOMAIN`.
+    """Build a source from `dir:PATH`, `video:PATH_OR_URL_OR_INDEX`, `synthetic:DOMAIN` or
+    `dicos:PATH` (a DICOS file or a folder of them).
 
     `views` is for the synthetic scanner only; a folder's bags come from its layout.
     """
     kind, sep, arg = spec.partition(":")
     if not sep or not arg:
         raise ValueError(
-            f"source {spec!r} must look like dir:PATH, video:TARGET or synthetic:source|target"
+            f"source {spec!r} must look like dir:PATH, video:TARGET, synthetic:source|target "
+            "or dicos:PATH"
         )
     if views != 1 and kind != "synthetic":
         raise ValueError(f"only synthetic sources make views; {kind}: frames have their own")
@@ -281,4 +297,6 @@ def parse_source(
         return VideoSource(arg, loop=loop, jpeg_quality=jpeg_quality)
     if kind == "synthetic":
         return SyntheticSource(arg, seed=seed, size=size, views=views)
-    raise ValueError(f"unknown source kind {kind!r}; use dir:, video: or synthetic:")
+    if kind == "dicos":
+        return DicosSource(arg, loop=loop)
+    raise ValueError(f"unknown source kind {kind!r}; use dir:, video:, synthetic: or dicos:")

@@ -7,14 +7,18 @@ import numpy as np
 
 JPEG = "image/jpeg"
 PNG = "image/png"
+DICOM = "application/dicom"  # a DICOS object as received (docs/DICOS.md)
 _MAGIC = ((b"\xff\xd8\xff", JPEG), (b"\x89PNG\r\n\x1a\n", PNG))
+_DICM_AT = 128  # a DICOM Part-10 file: 128-byte preamble, then "DICM"
 
 
 def sniff_content_type(data: bytes) -> str | None:
-    """JPEG or PNG by magic bytes; None for anything else."""
+    """JPEG, PNG or DICOM (Part 10) by magic bytes; None for anything else."""
     for magic, content_type in _MAGIC:
         if data.startswith(magic):
             return content_type
+    if data[_DICM_AT : _DICM_AT + 4] == b"DICM":
+        return DICOM
     return None
 
 

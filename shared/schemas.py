@@ -28,7 +28,8 @@ DECISION_SCHEMA: Final = "scanguard.decision/1"
 DEAD_SCHEMA: Final = "scanguard.dead/1"
 BAG_SCHEMA: Final = "scanguard.bag/1"
 FRAME_SCHEMA: Final = "scanguard.frame/1"
-CONTENT_TYPES = ("image/jpeg", "image/png")
+# application/dicom: a DICOS DX object as the scanner wrote it (docs/DICOS.md).
+CONTENT_TYPES = ("image/jpeg", "image/png", "application/dicom")
 
 
 def utc_now() -> datetime:
@@ -52,7 +53,7 @@ class FrameFields(BaseModel):
     frame_id: str
     scanner_id: str
     captured_at: datetime
-    content_type: Literal["image/jpeg", "image/png"]
+    content_type: Literal["image/jpeg", "image/png", "application/dicom"]
     meta: dict[str, Any] = Field(default_factory=dict)
     # A bag (object of inspection) seen in `views` views; this frame is view `view`
     # (0-based). All three or none: a frame without them is a one-view bag of its own.

@@ -153,11 +153,24 @@ class ProducerSettings(BaseModel):
 
 
 class ConsoleSettings(BaseModel):
-    """The operator console (web)."""
+    """The operator console (web): the operator station, the supervisor view, the alert monitor."""
 
     host: str = Field("127.0.0.1", description="bind address; anything off loopback needs a token")
     port: int = Field(8080, ge=1, le=65_535)
-    token: SecretStr | None = Field(None, description="access token (required off loopback)")
+    token: SecretStr | None = Field(
+        None,
+        description="shared access token: supervisor view and alert monitor, no bags "
+        "(a token or operator tokens are required off loopback)",
+    )
+    operators: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="operator id -> personal token; set, every request needs a token and "
+        "verdicts carry the id the token belongs to",
+    )
+    supervisors: list[str] = Field(
+        default_factory=list,
+        description="operator ids that may also open the supervisor view",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
         description="Host headers served without a token (guards against DNS rebinding)",
@@ -166,18 +179,116 @@ class ConsoleSettings(BaseModel):
     status_interval_s: float = Field(
         2.0, gt=0, le=60, description="how often the status strip updates"
     )
-    operator_default: str = Field("operator", pattern=r"^[A-Za-z0-9_.@ -]{1,64}$")
+    operator_default: str = Field("operator", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     verdicts_maxlen: int = Field(
         1_000_000, ge=1_000, description="approximate cap of the verdicts stream"
     )
+    pools: list[str] = Field(
+        default_factory=lambda: ["main"],
+        min_length=1,
+        description="operator pools, each a consumer group on the review stream; the first "
+        "is the default",
+    )
+    operator_pools: dict[str, str] = Field(
+        default_factory=dict, description="operator id -> pool (others work in the first pool)"
+    )
+    pool_scanners: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="pool -> the scanners whose bags it reviews (a pool not listed: all)",
+    )
+    lease_s: int = Field(
+        120, ge=1, le=86_400, description="a taken bag returns to its pool after this long"
+    )
+    review_deadline_s: int = Field(
+        300, ge=1, description="a bag still undecided this long after it entered review is overdue"
+    )
+    tip_rate: dict[str, float] = Field(
+        default_factory=dict,
+        description="pool -> chance that a 'next bag' hands out a TIP bag (threat image "
+        "projection) while real bags wait; a pool not listed: 0",
+    )
+    tip_library: Path | None = Field(
+        None,
+        description="folder of threat images to project (CLASS/NAME.png with CLASS/NAME.mask.png); "
+        "unset = the synthetic scanner's threats",
+    )
+    tip_ttl_s: int = Field(
+        86_400, ge=60, description="an undecided TIP bag and its images are kept this long"
+    )
+    hidden_meta_keys: list[str] = Field(
+        default_factory=lambda: [
+            "label",
+            "label_name",
+            "kind",
+            "box",
+            "occluded",
+            "covered",
+            "view_name",
+            "index",
+            "seed",
+            "domain",
+        ],
+        description="frame meta keys never shown to operators (the synthetic scanner's ground "
+        "truth, and what regenerates it)",
+    )
+    truth_meta_key: str = Field(
+        "label",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="view meta key holding the ground truth (0 = benign) that scores false alarms",
+    )
+
+    @field_validator("pools")
+    @classmethod
+    def _pool_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if ":" in check_id(name, "pool"):
+                raise ValueError(f"pool {name!r} may not hold ':'")
+        return value
+
+    @field_validator("supervisors")
+    @classmethod
+    def _operator_ids(cls, value: list[str]) -> list[str]:
+        return [check_id(name, "operator id") for name in value]
 
     @model_validator(mode="after")
     def _token_off_loopback(self) -> ConsoleSettings:
-        if self.host not in ("127.0.0.1", "localhost", "::1") and self.token is None:
+        if (
+            self.host not in ("127.0.0.1", "localhost", "::1")
+            and self.token is None
+            and not self.operators
+        ):
             raise ValueError(
                 f"binding {self.host} exposes the console beyond this machine: "
-                "set SCANGUARD_CONSOLE__TOKEN"
+                "set SCANGUARD_CONSOLE__TOKEN or SCANGUARD_CONSOLE__OPERATORS"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _station_consistent(self) -> ConsoleSettings:
+        for operator in self.operators:
+            check_id(operator, "operator id")
+        tokens = [t.get_secret_value() for t in self.operators.values()]
+        if self.token is not None:
+            tokens.append(self.token.get_secret_value())
+        if len(set(tokens)) != len(tokens) or "" in tokens:
+            raise ValueError("every token (console and operators) must be distinct and non-empty")
+        if len(set(self.pools)) != len(self.pools):
+            raise ValueError(f"pools are listed twice: {self.pools}")
+        for what, named in (
+            ("operator_pools", set(self.operator_pools.values())),
+            ("pool_scanners", set(self.pool_scanners)),
+            ("tip_rate", set(self.tip_rate)),
+        ):
+            unknown = sorted(named - set(self.pools))
+            if unknown:
+                raise ValueError(f"{what} names pools that are not in pools: {unknown}")
+        for pool, rate in self.tip_rate.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"tip_rate of pool {pool!r} must lie in [0, 1], not {rate}")
+        if self.operators and not set(self.supervisors) <= set(self.operators):
+            raise ValueError("supervisors must be operator ids listed in operators")
+        if self.tip_library is not None and not self.tip_library.is_dir():
+            raise ValueError(f"tip_library {str(self.tip_library)!r} is not a folder")
         return self
 
 
@@ -186,9 +297,13 @@ class DeliverySettings(BaseModel):
 
     group: str = Field("dispatch", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     consumer: str | None = Field(None, description="consumer name; unset = host name and pid")
-    streams: list[Literal["results", "alerts"]] = ["alerts"]
+    streams: list[Literal["results", "alerts", "bags"]] = Field(
+        ["alerts"], description="results and alerts carry decision events, bags bag events"
+    )
     from_start: bool = Field(False, description="a new group also delivers the stored history")
-    sinks: list[str] = Field(default_factory=list, description="webhook, archive or dotted paths")
+    sinks: list[str] = Field(
+        default_factory=list, description="webhook, archive, dicos or dotted paths"
+    )
     queue: str = Field("scanguard-delivery", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     batch: int = Field(100, ge=1, le=10_000, description="entries read per stream per pass")
     block_ms: int = Field(2_000, ge=1, le=60_000, description="longest a read blocks when idle")
@@ -212,6 +327,7 @@ class DeliverySettings(BaseModel):
         7 * 86_400, ge=60, description="a failed job stays visible (rq info) this long"
     )
     archive_dir: Path = Path("archive")
+    dicos_dir: Path = Field(Path("dicos"), description="the dicos sink's threat detection reports")
 
     @model_validator(mode="after")
     def _webhook_complete(self) -> DeliverySettings:

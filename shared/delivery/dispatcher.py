@@ -1,7 +1,9 @@
-"""The dispatcher: read decision events with its own consumer group, enqueue RQ jobs, ack.
+"""The dispatcher: read events with its own consumer group, enqueue RQ jobs, ack.
 
-It reads `{ns}:results` and/or `{ns}:alerts` through a consumer group of its own,
-so it never competes with workers and resumes after the last entry it acknowledged.
+It reads `{ns}:results` and/or `{ns}:alerts` (decision events) and/or `{ns}:bags` (bag
+events) through a consumer group of its own, so it never competes with workers and
+resumes after the last entry it acknowledged. Each event goes to the configured sinks
+that take its kind (`shared.delivery.sinks.event_kinds`).
 An entry is acknowledged only after a job for every configured sink is enqueued; a
 crash in between redelivers the entry, and the derived job ids stop it from being
 delivered twice. An entry that is not a readable decision event is acknowledged,
@@ -18,12 +20,14 @@ from typing import Any
 
 import redis
 import structlog
+from pydantic import ValidationError
 
 from shared.backoff import Backoff
 from shared.client import EventError, parse_event
 from shared.delivery.jobs import enqueue, make_queue
-from shared.delivery.sinks import build_sink
+from shared.delivery.sinks import build_sink, event_kinds
 from shared.keys import Keys
+from shared.schemas import BagEvent
 from shared.settings import Settings
 from shared.streams import REDIS_DOWN, default_consumer_id, ensure_group
 
@@ -39,16 +43,27 @@ class Dispatcher:
             raise ValueError(
                 "no sinks configured: set SCANGUARD_DELIVERY__SINKS, e.g. '[\"archive\"]'"
             )
-        for spec in ds.sinks:
-            build_sink(spec, settings)  # fail at start-up, not in every job, on a bad sink
+        keys = Keys(settings.namespace)
+        by_name = {"results": keys.results, "alerts": keys.alerts, "bags": keys.bags}
+        self.streams = {name: by_name[name] for name in ds.streams}
+        # Built here so that a bad sink fails at start-up, not in every job.
+        kinds = {spec: event_kinds(build_sink(spec, settings)) for spec in ds.sinks}
+        for spec, takes in kinds.items():
+            if not takes & set(ds.streams):
+                raise ValueError(
+                    f"sink {spec!r} takes events from {sorted(takes)} but "
+                    f"SCANGUARD_DELIVERY__STREAMS is {list(ds.streams)}: add one of them"
+                )
+        # Per stream key, the sinks that take its events.
+        self.targets = {
+            key: [spec for spec in ds.sinks if name in kinds[spec]]
+            for name, key in self.streams.items()
+        }
+        self.bags_key = keys.bags
         self.settings = settings
         self.ds = ds
         self.client = client
         self.namespace = settings.namespace
-        keys = Keys(settings.namespace)
-        self.streams = {
-            name: keys.results if name == "results" else keys.alerts for name in ds.streams
-        }
         self.consumer = ds.consumer or default_consumer_id()
         self.queue = make_queue(client, ds.queue)
         self.enqueued = 0
@@ -176,7 +191,7 @@ class Dispatcher:
                 done.append(entry_id)
                 continue
             try:
-                event = parse_event(fields)
+                event = _parse_bag(fields) if key == self.bags_key else parse_event(fields)
             except EventError as exc:
                 # No retry can make it readable (an unsafe id, JSON nested too deep, another
                 # schema), so it is acknowledged rather than left to wedge the group.
@@ -185,7 +200,7 @@ class Dispatcher:
                 done.append(entry_id)
                 continue
             body = fields[b"event"].decode()
-            for sink in self.ds.sinks:
+            for sink in self.targets[key]:
                 if enqueue(self.queue, self.ds, self.namespace, sink, event.event_id, body):
                     fresh += 1
                 else:
@@ -207,3 +222,14 @@ class Dispatcher:
                 unreadable=unreadable,
             )
         return len(entries)
+
+
+def _parse_bag(fields: dict[bytes, bytes]) -> BagEvent:
+    """A `{ns}:bags` entry as a BagEvent, or `EventError`."""
+    raw = fields.get(b"event")
+    if raw is None:
+        raise EventError("entry has no 'event' field")
+    try:
+        return BagEvent.model_validate_json(raw)
+    except ValidationError as exc:
+        raise EventError(f"not a bag event: {exc.errors()[0]['msg']}") from None

@@ -2,13 +2,17 @@
 
 RQ runs with its JSON serializer, so a job is plain data: the sink spec, the event
 JSON and the namespace. The job id is derived from those, which makes enqueueing
-idempotent: a redelivered event maps to the job that already exists.
+idempotent: a redelivered event maps to the job that already exists. The event is a
+decision event or, by its `schema`, a bag event (`{ns}:bags`, for bag sinks).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+from collections.abc import Callable
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -18,10 +22,10 @@ from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 
-from shared.delivery.sinks import Delivery, Sink, build_sink
+from shared.delivery.sinks import BagDelivery, BagSink, Delivery, Sink, build_sink
 from shared.keys import Keys
 from shared.logs import configure_logging
-from shared.schemas import ArtefactRef, DecisionEvent
+from shared.schemas import BAG_SCHEMA, ArtefactRef, BagEvent, BagView, DecisionEvent
 from shared.settings import DeliverySettings, Settings, load_settings
 
 log = structlog.get_logger("scanguard.delivery")
@@ -82,9 +86,13 @@ def deliver(sink: str, body: str, namespace: str) -> str:
 
 
 def run_delivery(
-    sink: Sink, body: str, namespace: str, client: redis.Redis, delivery_id: str
+    sink: Sink | BagSink, body: str, namespace: str, client: redis.Redis, delivery_id: str
 ) -> str:
-    """Deliver `body` (a decision event's JSON) to `sink`, fetching artefacts from `client`."""
+    """Deliver `body` (a decision or bag event's JSON) to `sink`, reading Redis via `client`."""
+    if _schema(body) == BAG_SCHEMA:
+        return _deliver_bag(sink, body, namespace, client, delivery_id)
+    if not isinstance(sink, Sink):
+        raise TypeError(f"{type(sink).__name__} takes no decision events")
     event = DecisionEvent.model_validate_json(body)
     keys = Keys(namespace)
 
@@ -100,6 +108,61 @@ def run_delivery(
     return summary
 
 
+def _schema(body: str) -> object:
+    try:
+        record = json.loads(body)
+    except ValueError:
+        return None  # the model's own validation says what is wrong
+    return record.get("schema") if isinstance(record, dict) else None
+
+
+def _deliver_bag(
+    sink: Sink | BagSink, body: str, namespace: str, client: redis.Redis, delivery_id: str
+) -> str:
+    if not isinstance(sink, BagSink):
+        raise TypeError(f"{type(sink).__name__} takes no bag events")
+    event = BagEvent.model_validate_json(body)
+    finder = view_event_finder(client, Keys(namespace), event)
+    summary = sink.deliver_bag(BagDelivery(event, body, delivery_id, finder))
+    log.info("bag_delivered", event_id=event.event_id, delivery_id=delivery_id, result=summary)
+    return summary
+
+
+# How far around a view's frame entry and its bag's close its decision event is looked for:
+# stream ids are Redis time, `decided_at` is the closing worker's clock.
+CLOCK_SLACK = timedelta(minutes=5)
+
+
+def view_event_finder(
+    client: redis.Redis, keys: Keys, bag: BagEvent, page: int = 500
+) -> Callable[[BagView], DecisionEvent | None]:
+    """Look up a view's decision event on `{ns}:results`.
+
+    It was published after its frame entry (`view.entry_id`, Redis time) and before the bag
+    closed, so only that stretch of the stream is read, a page at a time.
+    """
+    until_ms = int((bag.decided_at + CLOCK_SLACK).timestamp() * 1000)
+    slack_ms = int(CLOCK_SLACK.total_seconds() * 1000)
+
+    def find(view: BagView) -> DecisionEvent | None:
+        head = view.entry_id.partition("-")[0]
+        start_ms = max(0, int(head) - slack_ms) if head.isdigit() else 0
+        lower: str = f"{start_ms}-0"
+        while True:
+            entries: Any = client.xrange(keys.results, min=lower, max=f"{until_ms}-0", count=page)
+            for _entry_id, fields in entries:
+                raw = fields.get(b"event", b"")
+                if view.event_id.encode() in raw:  # cheap test before parsing
+                    event = DecisionEvent.model_validate_json(raw)
+                    if event.event_id == view.event_id:
+                        return event
+            if len(entries) < page:
+                return None
+            lower = "(" + entries[-1][0].decode()
+
+    return find
+
+
 @lru_cache(maxsize=1)
 def _settings() -> Settings:
     settings = load_settings()
@@ -108,5 +171,5 @@ def _settings() -> Settings:
 
 
 @lru_cache(maxsize=16)
-def _sink(spec: str) -> Sink:
+def _sink(spec: str) -> Sink | BagSink:
     return build_sink(spec, _settings())

@@ -1,4 +1,7 @@
-"""Where events go: the sink protocol, the webhook and archive sinks, and sink lookup.
+"""Where events go: the sink protocols, the webhook and archive sinks, and sink lookup.
+
+A sink takes decision events (`deliver`, from `{ns}:results` / `{ns}:alerts`), bag events
+(`deliver_bag`, from `{ns}:bags`), or both; the dispatcher hands each only its kind.
 
 A sink is built from the settings inside the RQ worker process, so secrets (the
 webhook key) never travel through Redis with the job.
@@ -18,18 +21,19 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shared.client import EXTENSIONS
 from shared.delivery.deadline import Deadline, build_opener
 from shared.keys import check_id
-from shared.schemas import ArtefactRef, DecisionEvent
+from shared.schemas import ArtefactRef, BagEvent, BagView, DecisionEvent
 from shared.settings import Settings
 
 SIGNATURE_HEADER = "X-Scanguard-Signature"
 BUILTIN_SINKS = {
     "webhook": "shared.delivery.sinks.webhook_from_settings",
     "archive": "shared.delivery.sinks.archive_from_settings",
+    "dicos": "shared.delivery.dicos.dicos_from_settings",
 }
 
 
@@ -47,13 +51,33 @@ class Delivery:
     artefact: Callable[[ArtefactRef], bytes | None]  # None once the TTL has expired
 
 
+@dataclass(frozen=True)
+class BagDelivery:
+    """One bag event on its way to one sink."""
+
+    event: BagEvent
+    body: str  # the bag event JSON exactly as it sat on the stream
+    delivery_id: str
+    # The decision event of one of the bag's views, read back from `{ns}:results`; None
+    # if the stream no longer holds it.
+    view_event: Callable[[BagView], DecisionEvent | None]
+
+
+@runtime_checkable
 class Sink(Protocol):
     """Anything that takes a delivery and returns a short summary (or raises to retry)."""
 
     def deliver(self, delivery: Delivery) -> str: ...
 
 
-SinkFactory = Callable[[Settings], Sink]
+@runtime_checkable
+class BagSink(Protocol):
+    """A sink of bag events: one call per bag event, a short summary (or raises to retry)."""
+
+    def deliver_bag(self, delivery: BagDelivery) -> str: ...
+
+
+SinkFactory = Callable[[Settings], Sink | BagSink]
 
 
 def resolve_sink(spec: str) -> SinkFactory:
@@ -77,9 +101,15 @@ def resolve_sink(spec: str) -> SinkFactory:
     return factory
 
 
-def build_sink(spec: str, settings: Settings) -> Sink:
+def build_sink(spec: str, settings: Settings) -> Sink | BagSink:
     """Resolve and build one sink from the settings."""
     return resolve_sink(spec)(settings)
+
+
+def event_kinds(sink: object) -> frozenset[str]:
+    """The event streams a sink takes from: "results"/"alerts" (decisions), "bags"."""
+    kinds = {"results", "alerts"} if isinstance(sink, Sink) else set()
+    return frozenset(kinds | ({"bags"} if isinstance(sink, BagSink) else set()))
 
 
 # -- webhook ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 from pydicom.uid import (
@@ -43,6 +43,9 @@ _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
 # What hostile or damaged bytes make pydicom raise while parsing or converting values.
 _MALFORMED = (
     InvalidDicomError,
+    BytesLengthException,
+    NotImplementedError,  # an unknown VR
+    OSError,  # a tag cut short in an encapsulated item
     ValueError,
     EOFError,
     struct.error,
@@ -210,7 +213,7 @@ def _check_format(ds: Dataset, header: _Header) -> None:
 def _pixels(ds: Dataset, header: _Header) -> np.ndarray:
     try:
         stored = ds.pixel_array  # (H, W) or (H, W, 3); YBR arrives as RGB
-    except (*_MALFORMED, RuntimeError, NotImplementedError) as exc:
+    except (*_MALFORMED, RuntimeError) as exc:
         raise DicosError(
             f"{header.transfer_syntax.name} pixel data could not be decoded: {exc}"
         ) from None
@@ -234,7 +237,8 @@ def _displayed(stored: np.ndarray, ds: Dataset, header: _Header) -> np.ndarray:
     values = apply_modality_lut(stored, ds).astype(np.float64)
     if ds.get("VOILUTSequence"):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        return np.clip(apply_voi(values, ds, 0) / float(2**bits - 1), 0.0, 1.0)
+        looked_up = apply_voi(np.rint(values).astype(np.int64), ds, 0)  # a LUT takes integers
+        return np.clip(looked_up / float(2**bits - 1), 0.0, 1.0)
     if ds.get("WindowCenter") not in (None, "") and ds.get("WindowWidth") not in (None, ""):
         return window(values, _first(ds.WindowCenter), _first(ds.WindowWidth), ds)
     low, high = _value_range(ds, header)
