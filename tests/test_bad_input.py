@@ -109,7 +109,8 @@ def test_odd_but_valid_images_are_accepted(case):
     outcome = decode_entry("1-0", as_raw(ODD_BUT_VALID[case]), 1, LIMITS)
     assert not isinstance(outcome, Rejected), getattr(outcome, "reason", "")
     frame, engine_input = outcome
-    assert frame.original.dtype == np.uint8 and frame.original.shape[2] == 3
+    image = frame.full_image()
+    assert image.dtype == np.uint8 and image.shape[2] == 3
     assert engine_input.pixels.shape == (64, 64, 3)
 
 

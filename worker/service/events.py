@@ -23,6 +23,7 @@ from shared.vocab import Verdict
 from worker.engine.decision import DecisionPolicy
 from worker.engine.erasing import FrameResult
 from worker.engine.model import LoadedModel
+from worker.service.imageio import decode_image
 from worker.service.publish import Outcome
 from worker.service.render import erased_image, heatmap_overlay
 from worker.service.rois import rois_from_mask
@@ -36,8 +37,20 @@ class InFlight:
     raw: dict[bytes, bytes]  # the stream entry as read, kept for a dead letter
     fields: FrameFields
     enqueued_at: datetime | None
-    original: np.ndarray  # (H, W, 3) uint8 RGB as received
+    size_hw: tuple[int, int]  # the frame's own (rows, cols)
+    # (H, W, 3) uint8 RGB at full size, or None for a JPEG decoded scaled for the model:
+    # then it is decoded again at full size only if artefacts are drawn on it.
+    decoded: np.ndarray | None
     deliveries: int
+
+    def full_image(self) -> np.ndarray:
+        """The frame at its own size, decoded now if intake only decoded it scaled."""
+        if self.decoded is not None:
+            return self.decoded
+        rows, cols = self.size_hw
+        return decode_image(
+            self.raw[b"image"], self.fields.content_type, rows * cols, max(rows, cols)
+        )
 
 
 @dataclass(frozen=True)
@@ -85,7 +98,7 @@ def render(
     closes), and views that are not clear get the erased image and heat-map as JPEG."""
     event_id = uuid.uuid4().hex
     decided_at = utc_now()
-    hw = frame.original.shape[:2]
+    hw = frame.size_hw
     original = frame.raw[b"image"]
     artefacts = [
         _ref(
@@ -100,13 +113,14 @@ def render(
     ]
     masked = heatmap = None
     if result.verdict != Verdict.CLEAR:
+        image = frame.full_image()
         expires = decided_at + timedelta(seconds=options.artefact_ttl_s)
         masked = encode_image(
-            erased_image(frame.original, result.erase_mask, policy.fill),
+            erased_image(image, result.erase_mask, policy.fill),
             quality=options.jpeg_quality,
         )
         heatmap = encode_image(
-            heatmap_overlay(frame.original, result.mask_grid), quality=options.jpeg_quality
+            heatmap_overlay(image, result.mask_grid), quality=options.jpeg_quality
         )
         artefacts.append(_ref(keys, event_id, "masked", masked, "image/jpeg", hw, expires))
         artefacts.append(_ref(keys, event_id, "heatmap", heatmap, "image/jpeg", hw, expires))

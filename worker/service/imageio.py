@@ -6,6 +6,7 @@ import struct
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from shared.images import DICOM, sniff_content_type
 from shared.vocab import DeadKind
@@ -71,16 +72,12 @@ def _check_complete(data: bytes, content_type: str) -> None:
         raise DecodeError("PNG is truncated: no IEND chunk")
 
 
-def decode_image(
-    data: bytes, content_type: str, max_pixels: int, max_side: int = 16_384
-) -> np.ndarray:
-    """Decode JPEG/PNG bytes, or a DICOS DX object, to (H, W, 3) uint8 RGB.
+def checked_size(data: bytes, content_type: str, max_pixels: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of a complete JPEG/PNG within the limits, from its header alone.
 
-    Grayscale, 16-bit and alpha images are accepted and converted; anything that is
-    not a complete image of the declared type raises `DecodeError`.
+    Raises `DecodeError` for bytes that are not a complete image of the declared type
+    and for images over a side or pixel limit (kind `too_large`).
     """
-    if content_type == DICOM:
-        return _decode_dicos(data, max_pixels, max_side)
     width, height = image_size(data, content_type)
     _check_complete(data, content_type)
     if width == 0 or height == 0:
@@ -94,6 +91,20 @@ def decode_image(
         raise DecodeError(
             f"image is {width}x{height}, over the {max_pixels}-pixel limit", DeadKind.TOO_LARGE
         )
+    return width, height
+
+
+def decode_image(
+    data: bytes, content_type: str, max_pixels: int, max_side: int = 16_384
+) -> np.ndarray:
+    """Decode JPEG/PNG bytes, or a DICOS DX object, to (H, W, 3) uint8 RGB.
+
+    Grayscale, 16-bit and alpha images are accepted and converted; anything that is
+    not a complete image of the declared type raises `DecodeError`.
+    """
+    if content_type == DICOM:
+        return _decode_dicos(data, max_pixels, max_side)
+    checked_size(data, content_type, max_pixels, max_side)
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise DecodeError(f"{content_type} bytes are corrupt or truncated")
@@ -109,6 +120,22 @@ def decode_image(
     if image.shape[2] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     raise DecodeError(f"unsupported channel count {image.shape[2]}")
+
+
+def decode_jpeg_scaled(data: bytes, min_hw: tuple[int, int]) -> np.ndarray:
+    """A checked JPEG decoded in the DCT domain at the smallest scale (k/8) whose image
+    still covers `min_hw` on both axes, as (h, w, 3) uint8 RGB.
+
+    libjpeg-turbo (through simplejpeg) skips the detail a smaller scale does not need,
+    so a 512×384 frame for a 128×160 model decodes at 192×144. Strict: data errors that
+    a lenient decoder would paper over with grey raise `DecodeError`.
+    """
+    try:
+        return simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=min_hw[0], min_width=min_hw[1], strict=True
+        )
+    except ValueError as exc:
+        raise DecodeError(f"JPEG cannot be decoded: {exc}") from None
 
 
 def _decode_dicos(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:

@@ -1,0 +1,75 @@
+"""Scaled JPEG decoding (the fast path) against a full decode (the slow, obvious one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from producer.synthetic import SyntheticScanner
+from shared.images import encode_image
+from shared.schemas import FrameFields, utc_now
+from shared.settings import load_settings
+from tests.engine_fixtures import run_engine
+from worker.engine.erasing import EngineInput
+from worker.engine.model import load_model
+from worker.engine.preprocess import to_model_input
+from worker.service.bootstrap import policy_from_settings
+from worker.service.imageio import decode_image
+from worker.service.intake import IntakeLimits, Rejected, decode_entry
+
+DEMO_CARD = "models/scanguard-demo/card.json"
+
+
+def entry(data: bytes, frame_id: str) -> dict[bytes, bytes]:
+    fields = FrameFields(
+        frame_id=frame_id, scanner_id="lane-1", captured_at=utc_now(), content_type="image/jpeg"
+    ).to_fields(data)
+    return {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in fields.items()}
+
+
+@pytest.fixture(scope="module")
+def demo_frames():
+    """The demo model and 60 held-out synthetic JPEG frames (source and target), with the
+    model inputs of the serving path (scaled decode) and of a full decode."""
+    model = load_model(DEMO_CARD)
+    limits = IntakeLimits(32 * 2**20, 10**8, model.input_hw)
+    served, full = [], []
+    for domain in ("source", "target"):
+        for index in range(30):
+            data = encode_image(SyntheticScanner(domain, 77).frame(index).image, quality=90)
+            outcome = decode_entry(f"1-{index}", entry(data, f"f{index}"), 1, limits)
+            assert not isinstance(outcome, Rejected)
+            frame, engine_input = outcome
+            assert frame.decoded is None, "a JPEG is decoded scaled, not at full size"
+            served.append(engine_input.pixels)
+            full.append(to_model_input(decode_image(data, "image/jpeg", 10**8), model.input_hw))
+    return model, np.stack(served), np.stack(full)
+
+
+def test_scaled_decode_gives_model_inputs_within_a_grey_level(demo_frames):
+    """Model inputs from the scaled decode stay within 1.5 grey levels on average (8 at the 99th percentile) of a full decode's."""
+    _, served, full = demo_frames
+    diff = np.abs(served.astype(int) - full.astype(int))
+    assert diff.mean() <= 1.5
+    assert np.percentile(diff, 99) <= 8
+
+
+def test_scaled_decode_leaves_the_demo_models_decisions_unchanged(demo_frames):
+    """The shipped model at the worker's default policy decides the 60 frames alike from either input."""
+    model, served, full = demo_frames
+    policy = policy_from_settings(load_settings().erasing, model.fill)
+    ours = run_engine(model, policy, [EngineInput(i, x) for i, x in enumerate(served)])
+    theirs = run_engine(model, policy, [EngineInput(i, x) for i, x in enumerate(full)])
+    for key, result in ours.items():
+        assert (result.verdict, result.classes) == (theirs[key].verdict, theirs[key].classes)
+
+
+def test_truncated_and_corrupt_jpegs_are_still_refused():
+    """A JPEG cut short, or with its entropy data damaged, is a dead letter on the scaled path too."""
+    data = encode_image(SyntheticScanner("source", 1).frame(0).image, quality=90)
+    limits = IntakeLimits(32 * 2**20, 10**8, (128, 160))
+    cut = decode_entry("1-0", entry(data[: len(data) // 2], "cut"), 1, limits)
+    assert isinstance(cut, Rejected) and "truncated" in cut.reason
+    damaged = data[: len(data) // 2] + data[-2:]  # ends with the end-of-image marker
+    refused = decode_entry("1-1", entry(damaged, "damaged"), 1, limits)
+    assert isinstance(refused, Rejected) and refused.reason.startswith("JPEG cannot be decoded")
