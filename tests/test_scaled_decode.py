@@ -29,14 +29,15 @@ def entry(data: bytes, frame_id: str) -> dict[bytes, bytes]:
 
 @pytest.fixture(scope="module")
 def demo_frames():
-    """The demo model and 60 held-out synthetic JPEG frames (source and target), with the
-    model inputs of the serving path (scaled decode) and of a full decode."""
+    """The demo model and 60 held-out synthetic 1024x768 JPEG frames (source and target),
+    with the model inputs of the serving path (scaled decode) and of a full decode."""
     model = load_model(DEMO_CARD)
     limits = IntakeLimits(32 * 2**20, 10**8, model.input_hw)
     served, full = [], []
     for domain in ("source", "target"):
         for index in range(30):
-            data = encode_image(SyntheticScanner(domain, 77).frame(index).image, quality=90)
+            image = SyntheticScanner(domain, 77, size=(1024, 768)).frame(index).image
+            data = encode_image(image, quality=90)
             outcome = decode_entry(f"1-{index}", entry(data, f"f{index}"), 1, limits)
             assert not isinstance(outcome, Rejected)
             frame, engine_input = outcome
@@ -64,9 +65,19 @@ def test_scaled_decode_leaves_the_demo_models_decisions_unchanged(demo_frames):
         assert (result.verdict, result.classes) == (theirs[key].verdict, theirs[key].classes)
 
 
+def test_a_frame_near_the_model_input_is_decoded_once_at_full_size():
+    """A JPEG less than twice the oversampled input on an axis is decoded at full size and kept, never twice."""
+    data = encode_image(SyntheticScanner("source", 1).frame(0).image, quality=90)  # 512x384
+    outcome = decode_entry("1-0", entry(data, "f0"), 1, IntakeLimits(32 * 2**20, 10**8, (128, 160)))
+    assert not isinstance(outcome, Rejected)
+    frame, _ = outcome
+    assert frame.decoded is not None and frame.decoded.shape == (384, 512, 3)
+
+
 def test_truncated_and_corrupt_jpegs_are_still_refused():
     """A JPEG cut short, or with its entropy data damaged, is a dead letter on the scaled path too."""
-    data = encode_image(SyntheticScanner("source", 1).frame(0).image, quality=90)
+    image = SyntheticScanner("source", 1, size=(1024, 768)).frame(0).image
+    data = encode_image(image, quality=90)
     limits = IntakeLimits(32 * 2**20, 10**8, (128, 160))
     cut = decode_entry("1-0", entry(data[: len(data) // 2], "cut"), 1, limits)
     assert isinstance(cut, Rejected) and "truncated" in cut.reason

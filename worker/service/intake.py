@@ -15,9 +15,10 @@ from worker.service.imageio import DecodeError, checked_size, decode_image, deco
 
 
 # Scaled JPEG decoding filters differently from a full decode and an area resize. Down
-# to exactly the model input, that moved inputs by 1.6 grey levels on average and changed
-# 1 of 60 decisions of the demo model; from twice the input the area resize does the last
-# step as it does for a full decode: 0.75 levels, no decision changed (tests/test_scaled_decode.py).
+# to exactly the model input, it moved the demo model's inputs by 1.1 grey levels on
+# average (1024x768 frames) and changed 1 of 60 decisions; from twice the input, the area
+# resize does the last step as it does after a full decode: 0.5 levels, no decision
+# changed (tests/test_scaled_decode.py).
 DECODE_OVERSAMPLE = 2
 
 
@@ -63,16 +64,19 @@ def decode_for_model(
 ) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None]:
     """(model input, frame (rows, cols), full-size image or None).
 
-    A JPEG is decoded at the smallest DCT scale that still covers twice the model input
-    (`DECODE_OVERSAMPLE`) and resized from there by `to_model_input`; its full-size decode
-    waits until artefacts need it (frames that are not clear). Other formats are decoded
-    at full size once and kept.
+    A JPEG at least twice as large as twice the model input (`DECODE_OVERSAMPLE`) on both
+    axes is decoded at the smallest DCT scale that still covers twice the input, and
+    resized from there by `to_model_input`; its full-size decode waits until artefacts
+    need it (frames that are not clear). A smaller JPEG would save little and, for a
+    frame that gets artefacts, be decoded twice: it is decoded at full size once and kept,
+    like every other format.
     """
     if content_type == "image/jpeg":
         width, height = checked_size(data, content_type, limits.max_pixels, limits.max_side)
-        rows, cols = limits.input_hw
-        small = decode_jpeg_scaled(data, (DECODE_OVERSAMPLE * rows, DECODE_OVERSAMPLE * cols))
-        return to_model_input(small, limits.input_hw), (height, width), None
+        rows, cols = (DECODE_OVERSAMPLE * side for side in limits.input_hw)
+        if height >= 2 * rows and width >= 2 * cols:
+            small = decode_jpeg_scaled(data, (rows, cols))
+            return to_model_input(small, limits.input_hw), (height, width), None
     full = decode_image(data, content_type, limits.max_pixels, limits.max_side)
     return to_model_input(full, limits.input_hw), full.shape[:2], full
 
