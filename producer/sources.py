@@ -10,6 +10,7 @@ DICOS objects travel as received; their bags come from their own attributes (`pr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,7 +189,8 @@ class SyntheticSource:
 
     With `views` 1 these are the frame scanner's frames, without bag fields. With more,
     each bag of the multi-view scanner comes as its views in order, bag id
-    `syn-<domain>-<seed>-<index>`, each view's meta with that view's ground truth.
+    `syn-<12 hex digits>` (a hash of domain, seed and index: the index would give the label
+    away), each view's meta with that view's ground truth.
     """
 
     def __init__(
@@ -244,7 +246,10 @@ class SyntheticSource:
         index = self.start
         while True:
             bag = scanner.bag(index)
-            bag_id = f"syn-{self.domain}-{self.seed}-{index}"
+            # Opaque: the index would give the label away (it is `index % 3`) to anyone who
+            # sees the id, e.g. an operator at the station. The meta keeps the index.
+            digest = hashlib.blake2b(f"{self.domain}:{self.seed}:{index}".encode(), digest_size=6)
+            bag_id = f"syn-{digest.hexdigest()}"
             for view in bag.views:
                 meta = self._about(index, bag.label, bag.label_name, bag.kind)
                 meta |= {

@@ -86,6 +86,11 @@ class Keys:
         """Hash of producer counters (sent, dropped)."""
         return f"{self.prefix}:stats"
 
+    @property
+    def delivery_stats(self) -> str:
+        """Hash of delivery attempt counters, `{outcome}:{sink}` -> count (RQ jobs write it)."""
+        return f"{self.prefix}:delivery:stats"
+
     def artefact(self, event_id: str, kind: str) -> str:
         if kind not in ARTEFACT_KINDS:
             raise ValueError(f"unknown artefact kind {kind!r}; expected one of {ARTEFACT_KINDS}")
@@ -101,3 +106,38 @@ class Keys:
     @property
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    # -- the operator station (shared.console) -------------------------------------------
+
+    @staticmethod
+    def _pool(pool: str) -> str:
+        # A pool name sits before another id in a key: a ':' in it would make two keys meet.
+        if ":" in check_id(pool, "pool"):
+            raise ValueError(f"pool {pool!r} may not hold ':'")
+        return pool
+
+    def lease(self, pool: str, bag_id: str) -> str:
+        """String with a TTL: which operator of a pool holds a bag, and since when."""
+        return f"{self.prefix}:lease:{self._pool(pool)}:{check_id(bag_id, 'bag id')}"
+
+    def holding(self, pool: str, operator: str) -> str:
+        """String with the lease's TTL: the bag an operator of a pool holds now."""
+        return f"{self.prefix}:holding:{self._pool(pool)}:{check_id(operator, 'operator id')}"
+
+    def station_bags(self, pool: str) -> str:
+        """Hash of the bags a pool has taken and not decided: bag id -> review entry id
+        ("" for a TIP bag)."""
+        return f"{self.prefix}:station:bags:{self._pool(pool)}"
+
+    @property
+    def station_counters(self) -> str:
+        """Hash of station counters every console process shares (returns, verdicts, TIP)."""
+        return f"{self.prefix}:station:counters"
+
+    def tip(self, bag_id: str) -> str:
+        """Hash of one TIP bag: the bag as shown and its ground truth; never sent to a browser."""
+        return f"{self.prefix}:tip:bag:{check_id(bag_id, 'bag id')}"
+
+    def tip_open(self, pool: str) -> str:
+        """Sorted set of a pool's undecided TIP bags, scored by creation (ms since the epoch)."""
+        return f"{self.prefix}:tip:open:{self._pool(pool)}"

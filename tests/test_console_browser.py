@@ -77,7 +77,7 @@ def test_alerts_appear_live_and_verdicts_land_in_redis(redis_server, keys, tmp_p
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(url)
+        page.goto(f"{url}/monitor")  # the alert monitor; `/` is the operator station
         page.wait_for_selector("#live.on", timeout=10_000)
 
         run_worker(redis_server, keys, tmp_path, make_worker)

@@ -49,11 +49,13 @@ def test_synthetic_bags_send_every_view_with_matching_bag_fields(redis_client, k
     frames = stream_fields(redis_client, keys)
     assert [f.bag[1:] for f in frames] == [(0, 2), (1, 2)] * 3
     scanner = SyntheticBagScanner("target", seed=3, size=SIZE)
+    assert len({f.bag_id for f in frames}) == 3
     for n, fields in enumerate(frames):
         index, view = divmod(n, 2)
         assert fields.bag_id is not None and check_id(fields.bag_id)
         assert fields.bag_id.startswith("lane-4:")
-        assert fields.bag_id.endswith(f":syn-target-3-{index}")
+        assert fields.bag_id == frames[2 * index].bag_id, "both views name one bag"
+        assert f"-{index}" not in fields.bag_id, "the id must not give the index (the label) away"
         assert fields.frame_id == f"{fields.bag_id}-v{view}"
         truth = scanner.bag(index).views[view]
         meta = fields.meta

@@ -18,8 +18,9 @@ from shared.settings import SettingsError, load_settings
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared.console",
-        description="Operator console: live alerts, verdicts, status. Settings come from "
-        "SCANGUARD_* (SCANGUARD_REDIS_URL, SCANGUARD_CONSOLE__TOKEN, ...).",
+        description="Operator console: the operator station (/), the supervisor view "
+        "(/supervisor) and the alert monitor (/monitor). Settings come from SCANGUARD_* "
+        "(SCANGUARD_REDIS_URL, SCANGUARD_CONSOLE__OPERATORS, SCANGUARD_CONSOLE__TOKEN, ...).",
     )
     parser.add_argument("--host", help="bind address (default 127.0.0.1; others need a token)")
     parser.add_argument("--port", type=int, help="port (default 8080)")
@@ -53,8 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
+        app = create_app(settings, client)
+    except ValueError as exc:  # e.g. a TIP library without threats
+        print(exc, file=sys.stderr)
+        client.close()
+        return 2
+    try:
         uvicorn.run(
-            create_app(settings, client),
+            app,
             host=cs.host,
             port=cs.port,
             log_level="warning",

@@ -1,7 +1,9 @@
-"""The console's web app: pages, the JSON API, artefacts, the event stream, verdicts.
+"""The console's web app: the operator station (`/`), the supervisor view (`/supervisor`)
+and the alert monitor (`/monitor`), their JSON API, artefacts and the alert event stream.
 
-Read-only except `POST /api/verdicts`. Every Redis call goes through
-`shared.console.data`, which checks request values before they touch a key name.
+The station's routes live in `station_api`; the monitor's here. Every Redis call goes
+through `data`, `station`, `verdicts` or `supervisor`, which check request values before
+they touch a key name.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from shared.console import data
+from shared.console import data, station_api
 from shared.console.auth import TokenGate
 from shared.console.headers import SecurityHeaders, server_error
+from shared.console.identity import identity_of, token_identities
+from shared.console.metrics import station_registry
+from shared.console.station import Station
 from shared.console.stream import alert_events
 from shared.keys import Keys, check_id
 from shared.settings import Settings
@@ -34,13 +39,14 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Console:
-    """The app's shared state: one Redis client, the namespace, the rate meter."""
+    """The monitor's shared state: one Redis client, the namespace, the rate meter."""
 
     def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings.console
         self.client = client
         self.keys = Keys(settings.namespace)
         self.meter = data.RateMeter()
+        self.hidden = frozenset(settings.console.hidden_meta_keys)
 
 
 def _console(request: Request) -> Console:
@@ -62,10 +68,6 @@ def _filters(request: Request) -> tuple[str | None, str | None]:
     return scanner, label
 
 
-async def index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers=NO_STORE)
-
-
 def list_alerts(request: Request) -> Response:
     """GET /api/alerts?scanner=&label=&limit=&before=: alerts newest first."""
     console = _console(request)
@@ -78,7 +80,9 @@ def list_alerts(request: Request) -> Response:
     except ValueError as exc:
         return _bad(str(exc))
     limit = max(1, min(limit, 1_000))
-    alerts = data.recent_alerts(console.client, console.keys, limit, scanner, label, before)
+    alerts = data.recent_alerts(
+        console.client, console.keys, limit, scanner, label, before, hidden=console.hidden
+    )
     return JSONResponse({"alerts": alerts}, headers=NO_STORE)
 
 
@@ -86,7 +90,9 @@ def get_alert(request: Request) -> Response:
     """GET /api/alerts/{entry_id}: one alert with its trace and verdict."""
     console = _console(request)
     try:
-        alert = data.one_alert(console.client, console.keys, request.path_params["entry_id"])
+        alert = data.one_alert(
+            console.client, console.keys, request.path_params["entry_id"], console.hidden
+        )
     except ValueError as exc:
         return _bad(str(exc))
     if alert is None:
@@ -130,6 +136,11 @@ async def post_verdict(request: Request) -> Response:
         return _bad(
             "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 422
         )
+    who = identity_of(request)
+    if who.role == "supervisor":
+        return _bad("the shared console token has no operator id: use an operator token", 403)
+    if who.operator is not None:  # an operator's token: their id, whatever the page typed
+        verdict = verdict.model_copy(update={"operator": who.operator})
     entry = await run_in_threadpool(
         data.record_verdict,
         console.client,
@@ -158,7 +169,12 @@ async def stream(request: Request) -> Response:
         except ValueError as exc:
             return _bad(str(exc))
     events = alert_events(
-        console.client, console.keys, console.meter, after, console.settings.status_interval_s
+        console.client,
+        console.keys,
+        console.meter,
+        after,
+        console.settings.status_interval_s,
+        console.hidden,
     )
     return StreamingResponse(
         events,
@@ -173,6 +189,8 @@ async def config(request: Request) -> Response:
     body: dict[str, Any] = {
         "namespace": console.keys.namespace,
         "operator": console.settings.operator_default,
+        "identity": station_api.whoami(request),
+        "lease_s": console.settings.lease_s,
     }
     return JSONResponse(body, headers=NO_STORE)
 
@@ -182,8 +200,9 @@ def create_app(settings: Settings, client: redis.Redis) -> Starlette:
     cs = settings.console
     # Outermost, so the gate's 401 and the host check's 400 carry the headers too.
     middleware = [Middleware(SecurityHeaders)]
-    if cs.token is not None:
-        middleware.append(Middleware(TokenGate, token=cs.token.get_secret_value()))
+    tokens = token_identities(cs)
+    if tokens:
+        middleware.append(Middleware(TokenGate, tokens=tokens))
     else:
         # Without a token only loopback names are served, so a page elsewhere cannot
         # rebind its own host name to 127.0.0.1 and read the console.
@@ -191,7 +210,7 @@ def create_app(settings: Settings, client: redis.Redis) -> Starlette:
             Middleware(TrustedHostMiddleware, allowed_hosts=_host_names(cs.allowed_hosts))
         )
     routes = [
-        Route("/", index),
+        *station_api.routes(STATIC),
         Route("/api/config", config),
         Route("/api/alerts", list_alerts),
         Route("/api/alerts/{entry_id}", get_alert),
@@ -205,6 +224,8 @@ def create_app(settings: Settings, client: redis.Redis) -> Starlette:
         routes=routes, middleware=middleware, exception_handlers={Exception: server_error}
     )
     app.state.console = Console(settings, client)
+    app.state.station = Station(client, Keys(settings.namespace), cs)
+    app.state.metrics = station_registry(app.state.station)
     return app
 
 

@@ -1,8 +1,9 @@
-"""Access control: an optional token, and Host-header checks while there is none."""
+"""Access control: tokens (each one someone's), and Host-header checks while there is none."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
@@ -10,20 +11,23 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from shared.console.identity import Identity
+
 COOKIE = "scanguard_console"
 
 
 class TokenGate:
-    """Let a request through only with the token: bearer header, cookie, or `?token=` once.
+    """Let a request through only with a token: bearer header, cookie, or `?token=` once.
 
     A browser opens `/?token=…`; the gate answers with a cookie (HttpOnly,
     SameSite=Strict) and a redirect that drops the token from the address bar.
     Images and the event stream then carry the cookie; scripts use the header.
+    The identity the token belongs to goes into the request scope (`state.identity`).
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, tokens: Mapping[str, Identity]) -> None:
         self.app = app
-        self.token = token.encode()
+        self.tokens = [(token.encode(), who) for token, who in tokens.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -31,7 +35,7 @@ class TokenGate:
             return
         headers = Headers(scope=scope)
         from_query = parse_qs(scope.get("query_string", b"").decode()).get("token", [""])[0]
-        if from_query and self._valid(from_query):
+        if from_query and self._identity(from_query) is not None:
             response: Response = RedirectResponse(same_site_path(scope["path"]), status_code=303)
             response.set_cookie(
                 COOKIE,
@@ -45,16 +49,25 @@ class TokenGate:
         auth = headers.get("authorization", "")
         bearer = auth[7:] if auth.lower().startswith("bearer ") else ""
         cookie = Request(scope).cookies.get(COOKIE, "")
-        if not (self._valid(bearer) or self._valid(cookie)):
+        who = self._identity(bearer) or self._identity(cookie)
+        if who is None:
             denied = PlainTextResponse(
                 "a valid token is required (open /?token=…)", status_code=401
             )
             await denied(scope, receive, send)
             return
+        scope.setdefault("state", {})["identity"] = who
         await self.app(scope, receive, send)
 
-    def _valid(self, supplied: str) -> bool:
-        return bool(supplied) and hmac.compare_digest(supplied.encode(), self.token)
+    def _identity(self, supplied: str) -> Identity | None:
+        """Whose token `supplied` is; every token is compared, in constant time each."""
+        if not supplied:
+            return None
+        found = None
+        for token, who in self.tokens:
+            if hmac.compare_digest(supplied.encode(), token):
+                found = who
+        return found
 
 
 def same_site_path(path: str) -> str:

@@ -1,4 +1,4 @@
-"""What the console reads from Redis (alerts, artefacts, status) and the one thing it writes.
+"""What the alert monitor reads from Redis (alerts, artefacts, status) and its alert verdicts.
 
 Every key name comes from `shared.keys.Keys`; request values are checked before
 they reach one (event ids with `check_id`, kinds against the artefact kinds,
@@ -11,7 +11,7 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.client import EventError, parse_event
+from shared.console.present import strip_meta
 from shared.keys import ARTEFACT_KINDS, Keys, check_id
 from shared.schemas import DecisionEvent, utc_now
 from shared.vocab import OperatorVerdict
@@ -46,10 +47,16 @@ class VerdictIn(BaseModel):
     operator: str = Field(pattern=r"^[A-Za-z0-9_.@ -]{1,64}$")
 
 
-def _alert(entry_id: str, event: DecisionEvent, verdict: dict[str, str] | None) -> dict[str, Any]:
+def alert_payload(
+    entry_id: str,
+    event: DecisionEvent,
+    verdict: dict[str, str] | None,
+    hidden: Collection[str] = (),
+) -> dict[str, Any]:
+    """An alert as the page gets it: the event without the hidden meta keys."""
     return {
         "entry_id": entry_id,
-        "event": event.model_dump(mode="json", by_alias=True),
+        "event": strip_meta(event.model_dump(mode="json", by_alias=True), hidden),
         "verdict": verdict,
     }
 
@@ -81,6 +88,7 @@ def recent_alerts(
     label: str | None = None,
     before: str | None = None,
     scan_max: int = 5_000,
+    hidden: Collection[str] = (),
 ) -> list[dict[str, Any]]:
     """Up to `limit` alerts, newest first, optionally of one scanner and/or class.
 
@@ -98,15 +106,18 @@ def recent_alerts(
         if _matches(event, scanner, label):
             found.append((entry_id, event))
     verdicts = latest_verdicts(client, keys)
-    return [_alert(eid, ev, verdicts.get(ev.event_id)) for eid, ev in found]
+    return [alert_payload(eid, ev, verdicts.get(ev.event_id), hidden) for eid, ev in found]
 
 
-def one_alert(client: redis.Redis, keys: Keys, entry_id: str) -> dict[str, Any] | None:
+def one_alert(
+    client: redis.Redis, keys: Keys, entry_id: str, hidden: Collection[str] = ()
+) -> dict[str, Any] | None:
     """The alert stored under stream entry `entry_id`, or None."""
     event = _event_at(client, keys, check_entry_id(entry_id))
     if event is None:
         return None
-    return _alert(entry_id, event, latest_verdicts(client, keys).get(event.event_id))
+    verdict = latest_verdicts(client, keys).get(event.event_id)
+    return alert_payload(entry_id, event, verdict, hidden)
 
 
 def _event_at(client: redis.Redis, keys: Keys, entry_id: str) -> DecisionEvent | None:

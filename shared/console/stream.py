@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import anyio
@@ -13,7 +13,7 @@ import structlog
 from starlette.concurrency import run_in_threadpool
 
 from shared.client import EventError, parse_event
-from shared.console.data import RateMeter, newest_alert_id, status
+from shared.console.data import RateMeter, alert_payload, newest_alert_id, status
 from shared.keys import Keys
 from shared.streams import REDIS_DOWN
 
@@ -28,7 +28,12 @@ def sse(event: str, data: Any, entry_id: str | None = None) -> str:
 
 
 async def alert_events(
-    client: redis.Redis, keys: Keys, meter: RateMeter, after: str, status_every_s: float
+    client: redis.Redis,
+    keys: Keys,
+    meter: RateMeter,
+    after: str,
+    status_every_s: float,
+    hidden: Collection[str] = (),
 ) -> AsyncIterator[str]:
     """Alerts after entry `after` ("$": from now on), with a status event every few seconds.
 
@@ -62,9 +67,4 @@ async def alert_events(
                 event = parse_event(fields)
             except EventError:
                 continue
-            payload = {
-                "entry_id": last,
-                "event": event.model_dump(mode="json", by_alias=True),
-                "verdict": None,
-            }
-            yield sse("alert", payload, entry_id=last)
+            yield sse("alert", alert_payload(last, event, None, hidden), entry_id=last)
