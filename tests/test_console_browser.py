@@ -1,8 +1,8 @@
-"""The console in a real headless Chromium: frames through a real worker, alerts live, a verdict click.
+"""The alert monitor in a real headless Chromium: frames through a real worker, alerts live, a verdict click.
 
 Needs Debian's `chromium` package on PATH (driven with the playwright library; no
 browser download). The screenshot is kept in $SCANGUARD_TEST_ARTEFACTS (default
-build/test-artefacts/); with SCANGUARD_TEST_UPDATE_SCREENSHOT=1 it also replaces docs/console.png.
+build/test-artefacts/). The README's screenshots are the station's (tests/test_station_browser.py).
 """
 
 from __future__ import annotations
@@ -57,11 +57,8 @@ def run_worker(server, keys: Keys, tmp_path: Path, make_worker) -> None:
 def keep_screenshot(page) -> Path:
     folder = Path(os.environ.get("SCANGUARD_TEST_ARTEFACTS", ROOT / "build" / "test-artefacts"))
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "console.png"
+    path = folder / "monitor.png"
     page.screenshot(path=str(path))
-    if os.environ.get("SCANGUARD_TEST_UPDATE_SCREENSHOT") == "1":
-        (ROOT / "docs").mkdir(exist_ok=True)
-        shutil.copyfile(path, ROOT / "docs" / "console.png")
     return path
 
 
