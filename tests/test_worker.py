@@ -180,5 +180,5 @@ def test_check_reports_a_live_loop(redis_server, keys, make_worker, monkeypatch,
     worker._maintain()
     assert check(settings, None) == 0
     stale = time.time() - settings.worker.heartbeat_ttl_s - 5
-    os.utime(worker.health_path, (stale, stale))
+    os.utime(worker.health.path, (stale, stale))
     assert check(settings, None) == 1

@@ -57,7 +57,7 @@ from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
 from worker.engine.model import LoadedModel
 from worker.service.bags import BagCloser
 from worker.service.events import InFlight, RenderOptions, render
-from worker.service.health import health_file
+from worker.service.health import HealthFile
 from worker.service.intake import IntakeLimits, Rejected, decode_entry, internal_error
 from worker.service.metrics import WorkerMetrics
 from worker.service.outbox import Outbox
@@ -121,7 +121,7 @@ class Worker:
             roi_threshold=ws.roi_threshold,
             max_rois=ws.max_rois,
         )
-        self.health_path = health_file(ws.health_dir, self.id)
+        self.health = HealthFile(ws.health_dir, self.id)
         self._limits = IntakeLimits(
             ws.max_frame_bytes,
             ws.max_pixels,
@@ -141,7 +141,6 @@ class Worker:
         self._next_reclaim = 0.0
         self._next_bag_check = 0.0
         self._group_ready = False
-        self._health_condition = "-"  # not written yet
         self.log = log.bind(worker_id=self.id)
         self._outbox = Outbox(client, self.publisher, self.bags, self.metrics, self.id, self.log)
 
@@ -214,7 +213,7 @@ class Worker:
                     self.log.warning(
                         "redis_unavailable", error=str(exc), retry_in_s=round(delay, 3)
                     )
-                    self._touch_health("redis unavailable")
+                    self.health.touch("redis unavailable")
                     time.sleep(delay)
                     continue
                 except redis.ResponseError as exc:
@@ -237,7 +236,7 @@ class Worker:
         self.engine.close()
         with contextlib.suppress(*REDIS_DOWN):
             self.client.delete(self.keys.worker(self.id))
-        self.health_path.unlink(missing_ok=True)
+        self.health.remove()
         self.log.info("worker_stopped", reason=reason, decided=self.decided, dead=self.dead)
 
     def _in_flight(self) -> int:
@@ -245,22 +244,13 @@ class Worker:
 
     # -- maintenance ---------------------------------------------------------------
 
-    def _touch_health(self, condition: str | None = None) -> None:
-        """Mark the loop alive; a new `condition` (e.g. Redis refusing writes) becomes the
-        file's text, and stays until a heartbeat gets through ("")."""
-        if condition is not None and condition != self._health_condition:
-            self.health_path.write_text(condition)
-            self._health_condition = condition
-        else:
-            self.health_path.touch()
-
     def _report_refusal(self, kind: str, exc: Exception, **context: object) -> None:
         self.metrics.refusals.labels(kind).inc()
         self.log.warning("redis_refusing", kind=kind, error=str(exc), **context)
-        self._touch_health(f"redis refusing writes: {kind}")
+        self.health.touch(f"redis refusing writes: {kind}")
 
     def _maintain(self) -> None:
-        self._touch_health()
+        self.health.touch()
         now = time.monotonic()
         ws = self.settings.worker
         if not self._group_ready:
@@ -269,7 +259,7 @@ class Worker:
             self._next_heartbeat = now + ws.heartbeat_ttl_s / 3
             try:
                 self._heartbeat()
-                self._touch_health("")
+                self.health.touch("")
             except redis.ResponseError as exc:
                 kind = refusal(exc)
                 if kind is None:
