@@ -15,11 +15,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import from_json, to_json
 
 from shared.keys import check_id
 from shared.vocab import BagReason, DeadKind, ExhaustedOutcome, HeadFusion, Verdict
@@ -122,6 +122,9 @@ class MetaLimits:
     max_depth: int = 16
 
 
+_META: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+
 def _depth(value: Any) -> int:
     """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
     deepest = 0
@@ -164,7 +167,7 @@ def parse_meta(text: str, limits: MetaLimits) -> dict[str, Any]:
         raise FrameError(f"field 'meta' nests {depth} levels, over the limit of {limits.max_depth}")
     try:
         # The same serialiser and parser that publish and read decision events.
-        from_json(to_json(meta))
+        _META.validate_json(_META.dump_json(meta))
     except ValueError as exc:
         raise FrameError(f"field 'meta' cannot travel in a decision event: {exc}") from None
     return meta

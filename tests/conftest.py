@@ -238,11 +238,11 @@ class ReliabilityLog:
 
 @pytest.fixture(scope="session")
 def reliability() -> Iterator[ReliabilityLog]:
-    """Collects scenario counts; with SCANGUARD_RELIABILITY_OUT set, writes them there as JSON.
+    """Collects scenario counts; with SCANGUARD_TEST_RELIABILITY_OUT set, writes them there as JSON.
 
     The variable is read when the session starts, before any test scrubs the environment.
     """
-    out = os.environ.get("SCANGUARD_RELIABILITY_OUT")
+    out = os.environ.get("SCANGUARD_TEST_RELIABILITY_OUT")
     log = ReliabilityLog()
     yield log
     if out and log.rows:

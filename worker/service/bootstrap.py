@@ -1,7 +1,7 @@
 """The composition root: from validated settings to a ready `Worker`.
 
 Everything that turns configuration into objects lives here (torch threads, device,
-model, decision policy, Redis client, consumer group), so the CLI only parses and calls,
+model, decision policy, Redis client, metrics server), so the CLI only parses and calls,
 and the demo, the benchmarks and the tests build their workers the way production does.
 """
 

@@ -1,0 +1,1 @@
+"""The scanguard test suite: a package, so shared helpers import as `tests.<module>`."""
