@@ -353,7 +353,7 @@ def test_roi_boxes_lie_inside_the_frame_and_cover_the_peak(grid, frame_hw, thres
     rows, cols = frame_hw
     assert 1 <= len(rois) <= max_rois
     for roi in rois:
-        assert 0 <= roi.x and 0 <= roi.y and roi.w >= 1 and roi.h >= 1
+        assert roi.x >= 0 and roi.y >= 0 and roi.w >= 1 and roi.h >= 1
         assert roi.x + roi.w <= cols and roi.y + roi.h <= rows
         assert threshold - 1e-6 <= roi.mean <= roi.peak <= 1.0 + 1e-6
     resized = cv2.resize(grid / grid.max(), (cols, rows), interpolation=cv2.INTER_LINEAR)

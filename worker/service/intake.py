@@ -13,7 +13,6 @@ from worker.engine.preprocess import to_model_input
 from worker.service.events import InFlight
 from worker.service.imageio import DecodeError, checked_size, decode_image, decode_jpeg_scaled
 
-
 # Scaled JPEG decoding filters differently from a full decode and an area resize. Down
 # to exactly the model input, it moved the demo model's inputs by 1.1 grey levels on
 # average (1024x768 frames) and changed 1 of 60 decisions; from twice the input, the area
