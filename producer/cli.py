@@ -15,11 +15,13 @@ from typing import Any, NoReturn, TextIO
 
 import structlog
 
+from producer.metrics import producer_registry
 from producer.producer import Producer, ProducerSummary
 from producer.sources import parse_source
 from producer.synthetic.pose import MAX_VIEWS
 from shared.keys import Keys, check_id
 from shared.logs import configure_logging
+from shared.metrics_http import MetricsPortError, serve
 from shared.redis_conn import redis_from_settings
 from shared.settings import Settings, SettingsError, load_settings
 
@@ -41,6 +43,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535, not {value}")
     return value
 
 
@@ -133,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="quality (1-100) of JPEGs the producer encodes",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics on this port while running, 0 = off "
+        "(default SCANGUARD_PRODUCER__METRICS_PORT, off)",
+    )
+    parser.add_argument(
         "--no-progress", action="store_true", help="no progress line even on a terminal"
     )
     return parser
@@ -144,6 +164,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "max_backlog": args.max_backlog,
         "backpressure": args.backpressure,
         "jpeg_quality": args.jpeg_quality,
+        "metrics_port": args.metrics_port,
     }
     producer = {name: value for name, value in flags.items() if value is not None}
     return {"producer": producer} if producer else {}
@@ -295,6 +316,15 @@ def _run(settings: Settings, source: Any, args: argparse.Namespace) -> int:
             jpeg_quality=settings.producer.jpeg_quality,
             on_progress=progress,
         )
+        try:
+            metrics = serve(
+                producer_registry(producer),
+                settings.producer.metrics_port,
+                "SCANGUARD_PRODUCER__METRICS_PORT (--metrics-port)",
+            )
+        except MetricsPortError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         previous = {
             sig: signal.signal(sig, _stop_handler(producer))
             for sig in (signal.SIGINT, signal.SIGTERM)
@@ -313,6 +343,8 @@ def _run(settings: Settings, source: Any, args: argparse.Namespace) -> int:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if metrics is not None:
+                metrics.close()
             if progress is not None:
                 progress.close()
             print(json.dumps(producer.summary.as_dict()), flush=True)

@@ -29,6 +29,7 @@ Backpressure = Literal["block", "drop"]
 BLOCK_POLL_MIN_S = 0.005
 BLOCK_POLL_MAX_S = 0.2
 MAX_ID = 128  # the longest id `check_id` accepts
+REFUSAL_KINDS = ("out_of_memory", "misconf", "read_only")  # what `refusal` names
 
 
 @dataclass
@@ -99,8 +100,21 @@ class Producer:
         self.on_progress = on_progress
         self.stop_event = threading.Event()
         self.summary = ProducerSummary()
+        # Refused write attempts by kind; every known kind is there from the start, so a
+        # first refusal is a rise from 0 (the metrics thread reads it with `.copy()`).
+        self.refusals = dict.fromkeys(REFUSAL_KINDS, 0)
+        self._blocked_since: float | None = None  # monotonic start of the wait in progress
+        # Ends a wait and reads one as a unit: the counter must never seem to fall back.
+        self._blocked_lock = threading.Lock()
         self._backlog_full = False  # log when backpressure starts and ends, not per frame
         self._log = log.bind(scanner_id=scanner_id, run_id=self.run_id, stream=keys.frames)
+
+    def blocked_s(self) -> float:
+        """Seconds spent waiting for room so far, including a wait still in progress."""
+        with self._blocked_lock:
+            since = self._blocked_since
+            ongoing = time.monotonic() - since if since is not None else 0.0
+            return self.summary.blocked_s + ongoing
 
     def stop(self) -> None:
         """Ask `run` to return after the frame in hand (safe from a signal handler)."""
@@ -247,15 +261,19 @@ class Producer:
         return True
 
     def _wait_for_room(self) -> None:
-        waited_from = time.monotonic()
+        waited_from = self._blocked_since = time.monotonic()
         delay = BLOCK_POLL_MIN_S
-        while not self.stop_event.wait(delay):
-            backlog = self._redis(self._xlen)
-            if backlog is None or backlog < self.max_backlog:
-                break
-            delay = min(delay * 2, BLOCK_POLL_MAX_S)
-        waited = time.monotonic() - waited_from
-        self.summary.blocked_s += waited
+        try:
+            while not self.stop_event.wait(delay):
+                backlog = self._redis(self._xlen)
+                if backlog is None or backlog < self.max_backlog:
+                    break
+                delay = min(delay * 2, BLOCK_POLL_MAX_S)
+        finally:
+            with self._blocked_lock:
+                waited = time.monotonic() - waited_from
+                self.summary.blocked_s += waited
+                self._blocked_since = None
         self._redis(
             lambda: self.client.hincrbyfloat(self.keys.stats, "blocked_s", round(waited, 6))
         )
@@ -308,6 +326,7 @@ class Producer:
                 if kind is None:
                     raise  # a broken key or a bug: nothing that waiting would fix
                 # Not str(exc): a refused pipeline's message quotes the whole frame.
+                self.refusals[kind] = self.refusals.get(kind, 0) + 1
                 self._trouble(met, kind)
             else:
                 if failures:

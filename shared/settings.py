@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
 
@@ -150,6 +152,13 @@ class ProducerSettings(BaseModel):
         1_000, ge=1, description="XLEN of the frames stream that triggers backpressure"
     )
     backpressure: Literal["block", "drop"] = "block"
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65_535,
+        description="port of the producer's /metrics while it runs; 0 = off (one port per "
+        "producer on a host)",
+    )
 
 
 class ConsoleSettings(BaseModel):
@@ -178,6 +187,19 @@ class ConsoleSettings(BaseModel):
     page_size: int = Field(100, ge=1, le=1_000, description="alerts loaded when the page opens")
     status_interval_s: float = Field(
         2.0, gt=0, le=60, description="how often the status strip updates"
+    )
+    stream_ping_s: float = Field(
+        15.0, gt=0, le=300, description="keep-alive comment on a quiet event stream this often"
+    )
+    stream_send_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="an event stream whose write is stuck this long ends"
+    )
+    stream_queue: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="events held for each open event stream; a page that falls this far "
+        "behind is dropped (its browser reconnects and resumes from its last id)",
     )
     operator_default: str = Field("operator", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     verdicts_maxlen: int = Field(
@@ -311,7 +333,11 @@ class DeliverySettings(BaseModel):
         60_000, ge=100, description="pending this long: another dispatcher takes it"
     )
     webhook_url: str | None = None
-    webhook_secret: SecretStr | None = None
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks signing secret: whsec_ and the base64 of 24-64 random "
+        "bytes; any other value is a raw secret whose UTF-8 bytes are the HMAC key",
+    )
     webhook_timeout_s: float = Field(5.0, gt=0, description="connect and per-read time-out")
     webhook_deadline_s: float = Field(
         30.0, gt=0, description="a whole delivery (connect, send, response) ends by then"
@@ -328,6 +354,32 @@ class DeliverySettings(BaseModel):
     )
     archive_dir: Path = Path("archive")
     dicos_dir: Path = Field(Path("dicos"), description="the dicos sink's threat detection reports")
+    metrics_port: int = Field(
+        0, ge=0, le=65_535, description="port of the dispatcher's /metrics; 0 = off"
+    )
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret:
+            raise ValueError("must not be empty")
+        if secret.startswith("whsec_"):
+            # Read as shared.delivery.signatures.secret_key reads it (the core may not
+            # import delivery): base64, padding optional, of 24 to 64 bytes.
+            encoded = secret[len("whsec_") :]
+            try:
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+            except binascii.Error:
+                raise ValueError("a whsec_ secret must be whsec_ and base64") from None
+            if not 24 <= len(key) <= 64:
+                raise ValueError(
+                    f"a whsec_ secret must hold 24 to 64 bytes, not {len(key)}: "
+                    "whsec_ + base64 of os.urandom(32)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _webhook_complete(self) -> DeliverySettings:

@@ -16,7 +16,8 @@ import pytest
 
 from shared.delivery.dispatcher import Dispatcher
 from shared.delivery.jobs import job_id, make_queue, run_delivery
-from shared.delivery.sinks import SIGNATURE_HEADER, ArchiveSink, resolve_sink, verify
+from shared.delivery.signatures import WebhookVerificationError, verify
+from shared.delivery.sinks import ArchiveSink, resolve_sink
 from shared.keys import Keys
 from shared.settings import load_settings
 from tests.test_client import make_event, publish
@@ -179,9 +180,14 @@ def test_webhook_gets_each_event_once_with_a_valid_signature(
     body = hook.accepted[0]
     assert json.loads(body)["event_id"] == event.event_id
     headers = hook.calls[-1]
-    assert verify(SECRET.encode(), body, headers[SIGNATURE_HEADER])
-    assert not verify(b"another-secret", body, headers[SIGNATURE_HEADER])
-    assert headers["X-Scanguard-Delivery"] == job_id(keys.namespace, "webhook", event.event_id)
+    delivery_id = job_id(keys.namespace, "webhook", event.event_id)
+    assert verify(SECRET, body, headers) == delivery_id
+    with pytest.raises(WebhookVerificationError):
+        verify("another-secret", body, headers)
+    # Every attempt carries the same webhook-id (the receiver's idempotency key).
+    assert {{k.lower(): v for k, v in call.items()}["webhook-id"] for call in hook.calls} == {
+        delivery_id
+    }
     assert client.xpending(keys.alerts, "dispatch")["pending"] == 0
     assert "1 finished, 0 failed" in rq_info(redis_server, env)
 

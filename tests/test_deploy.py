@@ -460,3 +460,163 @@ def test_compose_ports_gpu_and_grace_agree_with_the_code(files, monkeypatch):
     console_settings = settings_of(service_env(console), monkeypatch)
     assert [p.rsplit(":", 1)[1] for p in console["ports"]] == [str(console_settings.console.port)]
     assert "appendonly yes" in " ".join(services["redis"]["command"])
+
+
+# -- monitoring: ServiceMonitors, alert rules, scrape configs --------------------------
+
+MONITORING = K8S / "components" / "monitoring"
+# Metrics an alert rule names before the code exports them, each with the reason.
+PENDING_METRICS = {
+    "scanguard_console_overdue_bags": "the console is adding this gauge (bags past "
+    "review_deadline_s, by pool); the rule names it already (deploy/README.md)",
+}
+# Which setting holds the port each scraped process serves /metrics on.
+METRICS_PORTS = {
+    "scanguard-worker": lambda s: s.worker.metrics_port,
+    "scanguard-dispatcher": lambda s: s.delivery.metrics_port,
+    "scanguard-producer": lambda s: s.producer.metrics_port,
+    "scanguard-console": lambda s: s.console.port,
+}
+
+
+def monitoring_docs() -> list[dict[str, Any]]:
+    """The monitoring component's objects, as its kustomization lists them."""
+    component = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
+    assert component["kind"] == "Component"
+    files = [MONITORING / name for name in component["resources"]]
+    return [d for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def with_monitoring(source: str) -> list[dict[str, Any]]:
+    """An overlay that includes the component, rendered; the base with the component added."""
+    if source == "base":
+        return k8s_docs("base") + monitoring_docs()
+    return k8s_docs(source)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    (rule,) = by_kind(monitoring_docs(), "PrometheusRule").values()
+    return [r for group in rule["spec"]["groups"] for r in group["rules"]]
+
+
+def metrics_in_rules() -> list[str]:
+    return sorted({m for r in alert_rules() for m in re.findall(r"scanguard_\w+", r["expr"])})
+
+
+def declared_metrics() -> set[str]:
+    """Every `scanguard_*` string literal in the Python sources: the names metrics get."""
+    names: set[str] = set()
+    for package in ("worker", "shared", "producer"):
+        for path in (ROOT / package).rglob("*.py"):
+            names |= set(re.findall(r"[\"'](scanguard_\w+)[\"']", path.read_text()))
+    return names
+
+
+def exported(name: str, declared: set[str]) -> bool:
+    """True if `name` is a declared metric or a sample of one (counter, histogram)."""
+    if name in declared:
+        return True
+    suffixes = ("_total", "_bucket", "_count", "_sum")
+    return any(name.endswith(s) and name.removesuffix(s) in declared for s in suffixes)
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.xfail(strict=True, reason=PENDING_METRICS[name])
+            if name in PENDING_METRICS
+            else (),
+        )
+        for name in metrics_in_rules()
+    ],
+)
+def test_alert_rules_name_only_metrics_the_code_exports(metric):
+    """Each metric an alert rule reads is declared in worker/, shared/ or producer/."""
+    assert exported(metric, declared_metrics()), f"{metric} is not exported by any process"
+
+
+def test_alert_rules_cover_the_failures_that_matter():
+    """Backlog, dead letters, no workers, overdue reviews, Redis refusals and deliveries have an alert."""
+    rules = {r["alert"]: r for r in alert_rules()}
+    needed = {
+        "ScanguardBacklogGrowing": "scanguard_backlog",
+        "ScanguardDeadLettersRising": "scanguard_dead_letters_total",
+        "ScanguardNoLiveWorkers": 'up{job="scanguard-worker"}',
+        "ScanguardReviewsOverdue": "scanguard_console_overdue_bags",
+        "ScanguardRedisRefusingWrites": "scanguard_redis_refusals_total",
+        "ScanguardDeliveriesFailing": "scanguard_delivery_attempts_total",
+    }
+    for alert, reads in needed.items():
+        assert reads in rules[alert]["expr"], alert
+    assert "by (kind)" in rules["ScanguardDeadLettersRising"]["expr"]
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+
+
+@pytest.mark.parametrize("source", ["base", "production"])
+def test_service_monitors_scrape_every_process_on_its_metrics_port(source, monkeypatch):
+    """Each ServiceMonitor port reaches a container port equal to that process's port setting."""
+    docs = with_monitoring(source)
+    services = by_kind(docs, "Service")
+    deployments = by_kind(docs, "Deployment")
+    scraped = set()
+    for monitor in by_kind(docs, "ServiceMonitor").values():
+        spec = monitor["spec"]
+        assert spec["jobLabel"] == "app.kubernetes.io/name"
+        for service in services.values():
+            name = service["metadata"].get("labels", {}).get("app.kubernetes.io/name")
+            if not selects(spec["selector"], service["metadata"].get("labels", {})):
+                continue
+            for endpoint in spec["endpoints"]:
+                assert endpoint["path"] == "/metrics"
+                (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+                (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+                settings = settings_of(k8s_env(container), monkeypatch)
+                assert container_port(container, port["targetPort"]) == METRICS_PORTS[name](
+                    settings
+                ), name
+                scraped.add(name)
+    assert scraped == set(METRICS_PORTS)
+    jobs = {j for r in alert_rules() for j in re.findall(r'job=~?"([^"]+)"', r["expr"])}
+    for job in jobs:
+        assert any(re.fullmatch(job, name) for name in scraped), job
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions with In) against labels."""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def test_production_includes_monitoring_and_the_cpu_overlay_does_not():
+    """The operator's objects come with production (and external-redis), not with the test overlay."""
+    production = yaml.safe_load(
+        (K8S / "overlays" / "production" / "kustomization.yaml").read_text()
+    )
+    assert production["components"] == ["../../components/monitoring"]
+    cpu = yaml.safe_load((K8S / "overlays" / "cpu" / "kustomization.yaml").read_text())
+    assert "components" not in cpu
+
+
+@pytest.mark.parametrize("files", COMPOSE_SETS)
+def test_compose_prometheus_scrapes_dispatcher_and_producer_ports(files, monkeypatch):
+    """prometheus.yml's static targets are the ports the compose services' settings serve."""
+    services = compose(*files)["services"]
+    jobs = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["scrape_configs"]
+    targets = {
+        j["job_name"]: j["static_configs"][0]["targets"] for j in jobs if "static_configs" in j
+    }
+    dispatcher = settings_of(service_env(services["dispatcher"]), monkeypatch)
+    producer = settings_of(service_env(services["producer"]), monkeypatch)
+    assert targets["scanguard-dispatcher"] == [f"dispatcher:{dispatcher.delivery.metrics_port}"]
+    assert targets["scanguard-producer"] == [f"producer:{producer.producer.metrics_port}"]
+    rq_worker = settings_of(service_env(services["rq-worker"]), monkeypatch)
+    assert rq_worker.delivery.metrics_port == 0, "RQ workers serve no metrics"

@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.delivery.dispatcher import Dispatcher
 from shared.logs import configure_logging
+from shared.metrics_http import serve
 from shared.redis_conn import connect
 from shared.settings import SettingsError, load_settings
 
@@ -41,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a new consumer group also delivers the stored history",
     )
     parser.add_argument("--burst", action="store_true", help="exit once no new entries are waiting")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics on this port, 0 = off (default: SCANGUARD_DELIVERY__METRICS_PORT)",
+    )
     return parser
 
 
@@ -53,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["streams"] = args.streams
     if args.from_start:
         overrides["from_start"] = True
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
     try:
         settings = load_settings(delivery=overrides) if overrides else load_settings()
     except SettingsError as exc:
@@ -71,12 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         dispatcher = Dispatcher(settings, client)
-    except ValueError as exc:
+        server = serve(
+            dispatcher.metrics.registry,
+            settings.delivery.metrics_port,
+            "SCANGUARD_DELIVERY__METRICS_PORT (--metrics-port)",
+        )
+    except ValueError as exc:  # a bad sink, or the metrics port taken (MetricsPortError)
         print(f"error: {exc}", file=sys.stderr)
+        client.close()
         return 2
     try:
         return dispatcher.run(burst=args.burst)
     finally:
+        if server is not None:
+            server.close()
         client.close()
 
 

@@ -9,6 +9,8 @@ crash in between redelivers the entry, and the derived job ids stop it from bein
 delivered twice. An entry that is not a readable decision event is acknowledged,
 logged (`event_unreadable`) and counted: left pending it would come back on every
 restart and claim, for ever; it stays on the stream for anyone to inspect.
+Its counts, and what the RQ workers made of the jobs (`shared.delivery.metrics`), are
+served on `/metrics` when SCANGUARD_DELIVERY__METRICS_PORT is set.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import ValidationError
 from shared.backoff import Backoff
 from shared.client import EventError, parse_event
 from shared.delivery.jobs import enqueue, make_queue
+from shared.delivery.metrics import DispatcherMetrics
 from shared.delivery.sinks import build_sink, event_kinds
 from shared.keys import Keys
 from shared.schemas import BagEvent
@@ -46,6 +49,7 @@ class Dispatcher:
         keys = Keys(settings.namespace)
         by_name = {"results": keys.results, "alerts": keys.alerts, "bags": keys.bags}
         self.streams = {name: by_name[name] for name in ds.streams}
+        self.stream_names = {key: name for name, key in self.streams.items()}
         # Built here so that a bad sink fails at start-up, not in every job.
         kinds = {spec: event_kinds(build_sink(spec, settings)) for spec in ds.sinks}
         for spec, takes in kinds.items():
@@ -66,6 +70,7 @@ class Dispatcher:
         self.namespace = settings.namespace
         self.consumer = ds.consumer or default_consumer_id()
         self.queue = make_queue(client, ds.queue)
+        self.metrics = DispatcherMetrics(client, keys, self.queue, ds.sinks, self.streams)
         self.enqueued = 0
         self.duplicates = 0
         self.unreadable = 0
@@ -197,14 +202,17 @@ class Dispatcher:
                 # schema), so it is acknowledged rather than left to wedge the group.
                 self.log.warning("event_unreadable", stream=key, entry_id=entry_id, reason=str(exc))
                 unreadable += 1
+                self.metrics.unreadable.labels(self.stream_names[key]).inc()
                 done.append(entry_id)
                 continue
             body = fields[b"event"].decode()
             for sink in self.targets[key]:
                 if enqueue(self.queue, self.ds, self.namespace, sink, event.event_id, body):
                     fresh += 1
+                    self.metrics.enqueued.labels(sink).inc()
                 else:
                     dupes += 1
+                    self.metrics.duplicates.labels(sink).inc()
             done.append(entry_id)
         if done:
             self.client.xack(key, self.ds.group, *done)

@@ -22,6 +22,7 @@ from rq import Queue, Retry, get_current_job
 from rq.exceptions import DuplicateJobError
 from rq.serializers import JSONSerializer
 
+from shared.delivery.metrics import record_attempt
 from shared.delivery.sinks import BagDelivery, BagSink, Delivery, Sink, build_sink
 from shared.keys import Keys
 from shared.logs import configure_logging
@@ -77,12 +78,22 @@ def deliver(sink: str, body: str, namespace: str) -> str:
     """RQ job: hand one event to one sink; raising makes RQ retry it later.
 
     Runs inside an RQ worker process, which reads the sink's settings (URL,
-    secret, folder) from its own environment.
+    secret, folder) from its own environment. Each attempt's outcome is counted in
+    `{ns}:delivery:stats` (see `shared.delivery.metrics`).
     """
     job = get_current_job()
     if job is None:
         raise RuntimeError("deliver runs inside an RQ worker; call run_delivery directly otherwise")
-    return run_delivery(_sink(sink), body, namespace, job.connection, delivery_id=job.id)
+    try:
+        summary = run_delivery(_sink(sink), body, namespace, job.connection, delivery_id=job.id)
+    except Exception:
+        # RQ retries a job that raises while it has retries left; only the job itself can
+        # count the attempt, since the work horse running it has no metrics of its own.
+        outcome = "retried" if job.retries_left else "failed"
+        record_attempt(job.connection, namespace, sink, outcome)
+        raise
+    record_attempt(job.connection, namespace, sink, "succeeded")
+    return summary
 
 
 def run_delivery(

@@ -9,8 +9,6 @@ webhook key) never travel through Redis with the job.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib
 import json
 import os
@@ -25,11 +23,11 @@ from typing import Protocol, runtime_checkable
 
 from shared.client import EXTENSIONS
 from shared.delivery.deadline import Deadline, build_opener
+from shared.delivery.signatures import secret_key, sign_headers
 from shared.keys import check_id
 from shared.schemas import ArtefactRef, BagEvent, BagView, DecisionEvent
 from shared.settings import Settings
 
-SIGNATURE_HEADER = "X-Scanguard-Signature"
 BUILTIN_SINKS = {
     "webhook": "shared.delivery.sinks.webhook_from_settings",
     "archive": "shared.delivery.sinks.archive_from_settings",
@@ -115,16 +113,6 @@ def event_kinds(sink: object) -> frozenset[str]:
 # -- webhook ---------------------------------------------------------------------------
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The signature header value: `sha256=` and the hex HMAC-SHA256 of the body."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: bytes, body: bytes, header: str) -> bool:
-    """True if `header` is the signature of `body` under `secret` (constant-time compare)."""
-    return hmac.compare_digest(sign(secret, body), header)
-
-
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     # A redirected POST would be replayed as a GET without the body; treat it as a failure.
     def redirect_request(self, *args: object, **kwargs: object) -> None:
@@ -132,13 +120,17 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 class WebhookSink:
-    """POST the event JSON, signed with HMAC-SHA256 over the body with a shared secret."""
+    """POST the event JSON, signed per Standard Webhooks (`shared.delivery.signatures`).
+
+    The `webhook-id` is the delivery id, the same for every retry, so a receiver can
+    drop a second copy; the timestamp and signature are made afresh for each attempt.
+    """
 
     def __init__(
-        self, url: str, secret: bytes, timeout_s: float = 5.0, deadline_s: float = 30.0
+        self, url: str, key: bytes, timeout_s: float = 5.0, deadline_s: float = 30.0
     ) -> None:
         self.url = url
-        self.secret = secret
+        self.key = key  # the HMAC key: `secret_key` of the configured secret
         self.timeout_s = timeout_s  # connect and each read
         self.deadline_s = deadline_s  # the whole delivery, however slowly the receiver answers
 
@@ -152,9 +144,8 @@ class WebhookSink:
             headers={
                 "Content-Type": "application/json",
                 "User-Agent": "scanguard-delivery",
-                SIGNATURE_HEADER: sign(self.secret, body),
                 "X-Scanguard-Event-Id": delivery.event.event_id,
-                "X-Scanguard-Delivery": delivery.delivery_id,
+                **sign_headers(self.key, delivery.delivery_id, body),
             },
         )
         try:
@@ -175,7 +166,7 @@ def webhook_from_settings(settings: Settings) -> WebhookSink:
         )
     return WebhookSink(
         ds.webhook_url,
-        ds.webhook_secret.get_secret_value().encode(),
+        secret_key(ds.webhook_secret.get_secret_value()),
         ds.webhook_timeout_s,
         ds.webhook_deadline_s,
     )

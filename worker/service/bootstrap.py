@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 import torch
 
+from shared.metrics_http import serve
 from shared.redis_conn import connect
 from shared.settings import ErasingSettings, Settings
 from worker.engine.decision import DecisionPolicy
@@ -57,17 +58,6 @@ def check_health_dir(folder: Path) -> None:
         raise ValueError(f"SCANGUARD_WORKER__HEALTH_DIR: {folder} is not writable")
 
 
-def serve_metrics(metrics: WorkerMetrics, port: int) -> None:
-    """Start the metrics server, or say which setting to change if the port is taken."""
-    try:
-        metrics.serve(port)
-    except OSError as exc:
-        raise ValueError(
-            f"SCANGUARD_WORKER__METRICS_PORT: cannot serve metrics on port {port} "
-            f"({exc.strerror or exc}); give each worker on a host its own port, or 0"
-        ) from None
-
-
 def build_worker(settings: Settings, url: str) -> Worker:
     """Load the model, connect and serve metrics: everything a worker needs, or a clear error.
 
@@ -87,5 +77,5 @@ def build_worker(settings: Settings, url: str) -> Worker:
     # Reads block up to max_wait_ms; the socket must outlast them.
     client = connect(url, socket_timeout=30.0)
     worker = create_worker(settings, client, model)
-    serve_metrics(worker.metrics, settings.worker.metrics_port)
+    serve(worker.metrics.registry, settings.worker.metrics_port, "SCANGUARD_WORKER__METRICS_PORT")
     return worker

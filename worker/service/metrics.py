@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -63,8 +63,3 @@ class WorkerMetrics:
         self.reconnects = Counter(
             "scanguard_redis_reconnects_total", "Redis connection losses", registry=r
         )
-
-    def serve(self, port: int) -> None:
-        """Start the metrics HTTP server on `port` (0 = do not serve)."""
-        if port:
-            start_http_server(port, registry=self.registry)
