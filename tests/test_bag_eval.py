@@ -12,7 +12,7 @@ from shared.schemas import Roi
 from shared.vocab import Verdict
 from tests.pipeline_fixtures import write_tiny_card
 from worker.service.rois import rois_from_mask
-from worker.training import bag_eval
+from worker.training import bag_eval, bag_report
 from worker.training.report import write_report
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,11 +34,11 @@ def test_wilson_matches_published_intervals() -> None:
 
 
 def test_bag_verdict_follows_the_worker_rule() -> None:
-    """Any threat wins, then any undetermined, else clear."""
+    """The evaluation uses the worker's own bag rule: any threat wins, then any undetermined, else clear."""
     clear, threat, undetermined = Verdict.CLEAR, Verdict.THREAT, Verdict.UNDETERMINED
-    assert bag_eval.bag_verdict([clear, undetermined, threat]) is threat
-    assert bag_eval.bag_verdict([clear, undetermined]) is undetermined
-    assert bag_eval.bag_verdict([clear, clear]) is clear
+    assert bag_eval.bag_decision([clear, undetermined, threat], 3) is threat
+    assert bag_eval.bag_decision([clear, undetermined], 2) is undetermined
+    assert bag_eval.bag_decision([clear, clear], 2) is clear
 
 
 def test_iou_and_pointing_on_constructed_boxes() -> None:
@@ -65,13 +65,13 @@ def test_rois_of_a_constructed_mask_find_the_box() -> None:
 def test_splice_replaces_the_section_in_place() -> None:
     """Splicing twice leaves one section, and the text around it stays."""
     text = "# Report\n\n## Before\n\nx\n\n## After\n\ny\n"
-    once = bag_eval.splice_section(text, [bag_eval.SECTION_TITLE, "", "first", ""])
-    twice = bag_eval.splice_section(once, [bag_eval.SECTION_TITLE, "", "second", ""])
-    assert twice.count(bag_eval.SECTION_TITLE) == 1
+    once = bag_report.splice_section(text, [bag_report.SECTION_TITLE, "", "first", ""])
+    twice = bag_report.splice_section(once, [bag_report.SECTION_TITLE, "", "second", ""])
+    assert twice.count(bag_report.SECTION_TITLE) == 1
     assert "second" in twice and "first" not in twice
     assert twice.startswith(text.rstrip("\n")) and twice.index("## After") < twice.index("second")
-    inside = "# R\n\n" + bag_eval.SECTION_TITLE + "\n\nold\n\n## Next\n\nz\n"
-    spliced = bag_eval.splice_section(inside, [bag_eval.SECTION_TITLE, "", "new", ""])
+    inside = "# R\n\n" + bag_report.SECTION_TITLE + "\n\nold\n\n## Next\n\nz\n"
+    spliced = bag_report.splice_section(inside, [bag_report.SECTION_TITLE, "", "new", ""])
     assert "old" not in spliced and spliced.index("new") < spliced.index("## Next")
 
 
@@ -92,7 +92,7 @@ def test_command_runs_on_six_bags_and_survives_a_report_rerun(tmp_path: Path) ->
             for metric in ("threat_recall", "false_alarm", "benign_review"):
                 assert policy["bag"][metric]["k"] >= policy["view0"][metric]["k"]
     assert set(bags["policies"]) == {"worker", "vanilla"}
-    assert (out / "REPORT.md").read_text().count(bag_eval.SECTION_TITLE) == 1
+    assert (out / "REPORT.md").read_text().count(bag_report.SECTION_TITLE) == 1
     write_report(out / "REPORT.md", json.loads(RESULTS.read_text()))
     rerun = (out / "REPORT.md").read_text()
-    assert rerun.startswith("# Evaluation") and rerun.count(bag_eval.SECTION_TITLE) == 1
+    assert rerun.startswith("# Evaluation") and rerun.count(bag_report.SECTION_TITLE) == 1

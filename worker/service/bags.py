@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -51,13 +51,14 @@ def bag_view(event: DecisionEvent) -> BagView:
     )
 
 
-def bag_decision(views: Sequence[BagView], expected: int) -> Verdict:
-    """Threat if any view is a threat; else undetermined if any view is undetermined or
-    missing; else clear."""
-    decisions = {v.decision for v in views}
-    if Verdict.THREAT in decisions:
+def bag_decision(decisions: Iterable[Verdict], expected: int) -> Verdict:
+    """The bag rule over the decided views' decisions, `expected` views in all: threat if
+    any view is a threat; else undetermined if any view is undetermined or missing; else
+    clear."""
+    seen = list(decisions)
+    if Verdict.THREAT in seen:
         return Verdict.THREAT
-    if Verdict.UNDETERMINED in decisions or len(views) < expected:
+    if Verdict.UNDETERMINED in seen or len(seen) < expected:
         return Verdict.UNDETERMINED
     return Verdict.CLEAR
 
@@ -89,7 +90,7 @@ def build_bag_event(
         event_id=uuid.uuid4().hex,
         bag_id=bag_id,
         scanner_id=state[b"scanner_id"].decode(),
-        decision=bag_decision(views, expected),
+        decision=bag_decision((v.decision for v in views), expected),
         reason=BagReason.DEADLINE if missing else BagReason.ALL_VIEWS,
         classes=union_classes(views),
         views=views,

@@ -20,7 +20,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +37,12 @@ from worker.engine.decision import DecisionPolicy
 from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
 from worker.engine.model import LoadedModel, load_model
 from worker.engine.preprocess import to_model_input
+from worker.service.bags import bag_decision
 from worker.service.bootstrap import policy_from_settings
 from worker.service.rois import rois_from_mask
+from worker.training.bag_report import BAGS_FILE, render_section, splice_section
 from worker.training.metrics import policy_dict
 
-BAGS_FILE = "bags.json"
-SECTION_TITLE = "## Bags and views"
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), end-exclusive
@@ -77,16 +77,6 @@ def share(k: int, n: int) -> dict[str, Any]:
         return {"k": k, "n": n, "rate": None, "lo": None, "hi": None}
     lo, hi = wilson(k, n)
     return {"k": k, "n": n, "rate": k / n, "lo": lo, "hi": hi}
-
-
-def bag_verdict(verdicts: Iterable[Verdict]) -> Verdict:
-    """The bag rule over views that all arrived: any threat, else any undetermined, else clear."""
-    seen = set(verdicts)
-    if Verdict.THREAT in seen:
-        return Verdict.THREAT
-    if Verdict.UNDETERMINED in seen:
-        return Verdict.UNDETERMINED
-    return Verdict.CLEAR
 
 
 def box_centre(box: Box) -> tuple[float, float]:
@@ -157,7 +147,7 @@ def decision_rates(truths: Sequence[ViewTruth], results: Sequence[FrameResult]) 
         rows = []  # (label, verdict, classes)
         for views in by_bag.values():
             if level == "bag":
-                verdict = bag_verdict(r.verdict for _, r in views)
+                verdict = bag_decision((r.verdict for _, r in views), len(views))
                 classes = {c for _, r in views for c in r.classes}
             else:
                 alone = next(r for t, r in views if t.view == int(level[-1]))
@@ -233,164 +223,6 @@ def evaluate_domain(
         }
     result["seconds"] = seconds
     return result
-
-
-# -- the report section ---------------------------------------------------------------
-
-LEVELS = {"bag": "bag (both views)", "view0": "view 0 (top) alone", "view1": "view 1 (side) alone"}
-POLICY_NAMES = {"worker": "worker (seed thresholds)", "vanilla": "vanilla argmax"}
-
-
-def _cell(entry: dict[str, Any]) -> str:
-    if entry["rate"] is None:
-        return "n/a"
-    rate, lo, hi = (100 * entry[k] for k in ("rate", "lo", "hi"))
-    return f"{rate:.1f} [{lo:.1f}, {hi:.1f}] ({entry['k']}/{entry['n']})"
-
-
-def _ci(entry: dict[str, Any]) -> str:
-    if entry["rate"] is None:
-        return "n/a"
-    rate, lo, hi = (100 * entry[k] for k in ("rate", "lo", "hi"))
-    return f"{rate:.1f} % ({lo:.1f}–{hi:.1f})"
-
-
-def _decision_table(result: dict[str, Any]) -> list[str]:
-    metrics = ("threat_recall", "threat_review", "false_alarm", "benign_review")
-    head = ["policy", "decided on", "threat recall %", "threat sent to review %"]
-    head += ["false alarms %", "benign sent to review %"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, name in POLICY_NAMES.items():
-        for level, where in LEVELS.items():
-            m = result["policies"][key][level]
-            lines.append("| " + " | ".join([name, where, *(_cell(m[k]) for k in metrics)]) + " |")
-    return lines
-
-
-def _roi_table(result: dict[str, Any]) -> list[str]:
-    head = ["policy", "threat views", "top ROI on centre %", "any ROI on centre %", "mean best IoU"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, name in POLICY_NAMES.items():
-        for split in ("all", "occluded", "plain"):
-            q = result["policies"][key]["rois"][split]
-            iou = "n/a" if q["mean_best_iou"] is None else f"{q['mean_best_iou']:.3f}"
-            extra = f", {q['without_roi']} without ROI" if q["without_roi"] else ""
-            cells = [name, f"{split} ({q['views']}{extra})"]
-            cells += [_cell(q["pointing_top"]), _cell(q["pointing_any"]), iou]
-            lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def _domain_reading(domain: str, result: dict[str, Any]) -> list[str]:
-    worker, vanilla = result["policies"]["worker"], result["policies"]["vanilla"]
-    out = [
-        f"- {domain.capitalize()}: from view 0 alone to the bag, false alarms go "
-        f"{_ci(worker['view0']['false_alarm'])} → {_ci(worker['bag']['false_alarm'])} at the worker "
-        f"policy and {_ci(vanilla['view0']['false_alarm'])} → {_ci(vanilla['bag']['false_alarm'])} "
-        f"at vanilla argmax; threat recall goes {_ci(worker['view0']['threat_recall'])} → "
-        f"{_ci(worker['bag']['threat_recall'])} and {_ci(vanilla['view0']['threat_recall'])} → "
-        f"{_ci(vanilla['bag']['threat_recall'])}."
-    ]
-    benign, threat = worker["bag"]["benign_review"]["rate"], worker["bag"]["threat_review"]["rate"]
-    if benign is not None and threat is not None and benign >= 0.9:
-        out.append(
-            f"  At the worker policy {100 * benign:.1f} % of benign bags and {100 * threat:.1f} % of "
-            "threat bags go to review: at these thresholds, being sent to review says little "
-            "about whether a bag holds a threat."
-        )
-    rois, plain = worker["rois"], vanilla["rois"]
-    out.append(
-        f"  The worker's top ROI holds the threat's centre in {_ci(rois['all']['pointing_top'])} of "
-        f"threat views (occluded {_ci(rois['occluded']['pointing_top'])}, plain "
-        f"{_ci(rois['plain']['pointing_top'])}), mean best IoU {rois['all']['mean_best_iou']:.2f}; "
-        f"the attention of one forward on the original (vanilla) scores "
-        f"{_ci(plain['all']['pointing_top'])}, IoU {plain['all']['mean_best_iou']:.2f}."
-    )
-    return out
-
-
-def _reading(report: dict[str, Any]) -> list[str]:
-    """Sentences computed from the numbers, so a rerun cannot leave stale words behind."""
-    out = [
-        "Reading (written from the numbers above by the command):",
-        "",
-        "- The any-view rule can only add alarms: a bag's recall and false alarms are never "
-        "below view 0's. The question is how many false alarms the second view adds.",
-    ]
-    for domain, result in report["domains"].items():
-        out += _domain_reading(domain, result)
-    out += [
-        "- The model was trained on single frames of the source domain only "
-        "(`SyntheticScanner`). Bag views are 3-D arrangements projected from the top and the "
-        "side, so even source bags are not the frames it learned from; compare the false alarms "
-        "above with the single-frame held-out tables earlier in this report. On target bags the "
-        "false-alarm rates above say how far the model is from usable there; no threshold was "
-        "tuned on these bags to hide it.",
-        "- ROI boxes come from an attention mask on the model's patch grid, upsampled to the frame, "
-        "so they are coarse, and a best IoU well below 0.5 is to be read as such. Why occluded "
-        "views score as they do was not examined.",
-    ]
-    return out
-
-
-def render_section(report: dict[str, Any]) -> list[str]:
-    """The "Bags and views" section of REPORT.md, as lines."""
-    worker = report["policies"]["worker"]
-    out = [
-        SECTION_TITLE,
-        "",
-        f"Command: `{report['command']}` ({report['wall_time_s']:.0f} s, "
-        f"{report['environment']['threads']} torch thread(s)). Model `{report['model']['name']}` "
-        f"(sha256 `{report['model']['sha256'][:16]}…`).",
-        "",
-        f"- Dual-view synthetic bags (`SyntheticBagScanner`, top and side views, {DEFAULT_SIZE[0]}×"
-        f"{DEFAULT_SIZE[1]}), scanner seed **{report['seed']}**, held out: no training, "
-        "validation or tuning used it, and nothing was chosen on it.",
-        "- Worker policy: the worker's settings as loaded (defaults: the seed's thresholds, the "
-        "card's fill): detect_th {detect_th:g}, reconsider_th {reconsider_th:g}, max_iter "
-        "{max_iter}, fill {fill:g}, on_exhausted {on_exhausted}.".format(**worker),
-        "- Every view is decided by the erasing engine. A bag is a threat if any view is, else "
-        "undetermined if any view is, else clear; *sent to review* means not clear (threat or "
-        "undetermined). Recall counts a threat bag decided threat, whatever class was named; "
-        "bags.json also has the share that named the true class.",
-        "- ROIs are the worker's (`rois_from_mask` on the final attention mask, threshold "
-        f"{report['rois']['threshold']:g}, at most {report['rois']['max_rois']}, largest first), "
-        "scored on every view with a threat box. Pointing game: the top ROI holds the box centre; "
-        "IoU: the best-matching ROI against the box (0 when there is no ROI). *Occluded*: over "
-        "60 % of the threat's footprint lies under dense other items.",
-        "- Shares in percent with 95 % Wilson score intervals in brackets, then counts.",
-        "",
-    ]
-    for domain, result in report["domains"].items():
-        seconds = ", ".join(f"{k} {v:.1f} s" for k, v in result["seconds"].items())
-        classes = ", ".join(f"{n} {c}" for n, c in result["per_class"].items())
-        out += [
-            f"### {domain.capitalize()} domain ({result['bags']} bags: {classes}; "
-            f"{result['views']} views, {result['threat_views']} with a threat, "
-            f"{result['occluded_views']} occluded)",
-            "",
-            *_decision_table(result),
-            "",
-            *_roi_table(result),
-            "",
-            f"Time: {seconds}. Mean forwards per view: worker "
-            f"{result['policies']['worker']['mean_forwards']:.2f}, vanilla "
-            f"{result['policies']['vanilla']['mean_forwards']:.2f}.",
-            "",
-        ]
-    return [*out, *_reading(report), ""]
-
-
-def splice_section(text: str, section: Sequence[str]) -> str:
-    """Replace the section in a report (up to the next `## ` heading), or append it."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION_TITLE), None)
-    if start is None:
-        lines = [*lines, ""] if lines and lines[-1] else lines
-        return "\n".join([*lines, *section]) + "\n"
-    after = (j for j in range(start + 1, len(lines)) if lines[j].startswith("## "))
-    end = next(after, len(lines))
-    return "\n".join([*lines[:start], *section, *lines[end:]]) + "\n"
 
 
 # -- the command ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from worker.training.bag_eval import BAGS_FILE, render_section
+from worker.training.bag_report import BAGS_FILE, render_section
 
 
 def _pct(value: object) -> str:
