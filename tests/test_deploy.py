@@ -465,11 +465,6 @@ def test_compose_ports_gpu_and_grace_agree_with_the_code(files, monkeypatch):
 # -- monitoring: ServiceMonitors, alert rules, scrape configs --------------------------
 
 MONITORING = K8S / "components" / "monitoring"
-# Metrics an alert rule names before the code exports them, each with the reason.
-PENDING_METRICS = {
-    "scanguard_console_overdue_bags": "the console is adding this gauge (bags past "
-    "review_deadline_s, by pool); the rule names it already (deploy/README.md)",
-}
 # Which setting holds the port each scraped process serves /metrics on.
 METRICS_PORTS = {
     "scanguard-worker": lambda s: s.worker.metrics_port,
@@ -522,15 +517,7 @@ def exported(name: str, declared: set[str]) -> bool:
 
 @pytest.mark.parametrize(
     "metric",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(strict=True, reason=PENDING_METRICS[name])
-            if name in PENDING_METRICS
-            else (),
-        )
-        for name in metrics_in_rules()
-    ],
+    [name for name in metrics_in_rules()],
 )
 def test_alert_rules_name_only_metrics_the_code_exports(metric):
     """Each metric an alert rule reads is declared in worker/, shared/ or producer/."""

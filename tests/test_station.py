@@ -462,7 +462,7 @@ def test_bags_past_the_review_deadline_are_overdue(console, redis_client, keys):
     state = {b["bag_id"]: (b["state"], b["overdue"]) for b in overview["bags"]}
     assert state == {old.bag_id: ("queued", True), fresh.bag_id: ("queued", False)}
     assert overview["pools"]["main"] == {"queued": 2, "taken": 0, "returned": 0, "overdue": 1}
-    assert 'scanguard_station_overdue_bags{pool="main"} 1.0' in boss.get("/metrics").text
+    assert 'scanguard_console_overdue_bags{pool="main"} 1.0' in boss.get("/metrics").text
     ana = running.http(TOKENS["ana"])
     shown = take(ana)
     assert shown["bag_id"] == old.bag_id and shown["overdue"] is True  # the oldest first

@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from shared.console.app import create_app
+from shared.console.serving import ConsoleServer
 from shared.logs import configure_logging
 from shared.redis_conn import connect, describe_url
 from shared.settings import SettingsError, load_settings
@@ -59,17 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         client.close()
         return 2
+    config = uvicorn.Config(
+        app, host=cs.host, port=cs.port, log_level="warning", timeout_graceful_shutdown=3
+    )
+    server = ConsoleServer(config, app.state.feed)
     try:
-        uvicorn.run(
-            app,
-            host=cs.host,
-            port=cs.port,
-            log_level="warning",
-            timeout_graceful_shutdown=3,
-        )
+        server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         client.close()
-    return 0
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":

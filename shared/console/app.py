@@ -3,11 +3,13 @@ and the alert monitor (`/monitor`), their JSON API, artefacts and the alert even
 
 The station's routes live in `station_api`; the monitor's here. Every Redis call goes
 through `data`, `station`, `verdicts` or `supervisor`, which check request values before
-they touch a key name.
+they touch a key name, or through `feed`, the one reader behind every open event stream.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +21,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from shared.console import data, station_api
 from shared.console.auth import TokenGate
+from shared.console.feed import AlertFeed
 from shared.console.headers import SecurityHeaders, server_error
 from shared.console.identity import identity_of, token_identities
-from shared.console.metrics import station_registry
+from shared.console.metrics import ConsoleMetrics, RequestMetrics, station_registry
 from shared.console.station import Station
-from shared.console.stream import alert_events
+from shared.console.stream import PageStream
 from shared.keys import Keys, check_id
-from shared.settings import Settings
+from shared.settings import ConsoleSettings, Settings
 
 log = structlog.get_logger("scanguard.console")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -39,14 +42,15 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 class Console:
-    """The monitor's shared state: one Redis client, the namespace, the rate meter."""
+    """The monitor's shared state: one Redis client, the namespace, the rate meter, the feed."""
 
-    def __init__(self, settings: Settings, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, feed: AlertFeed) -> None:
         self.settings = settings.console
         self.client = client
         self.keys = Keys(settings.namespace)
-        self.meter = data.RateMeter()
+        self.meter = feed.meter  # one meter: the status strip and /api/status agree
         self.hidden = frozenset(settings.console.hidden_meta_keys)
+        self.feed = feed
 
 
 def _console(request: Request) -> Console:
@@ -168,19 +172,7 @@ async def stream(request: Request) -> Response:
             data.check_entry_id(after)
         except ValueError as exc:
             return _bad(str(exc))
-    events = alert_events(
-        console.client,
-        console.keys,
-        console.meter,
-        after,
-        console.settings.status_interval_s,
-        console.hidden,
-    )
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return PageStream(console.feed, after)
 
 
 async def config(request: Request) -> Response:
@@ -195,21 +187,27 @@ async def config(request: Request) -> Response:
     return JSONResponse(body, headers=NO_STORE)
 
 
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    """At shutdown: end the open event streams and stop the alert feed's reader."""
+    yield
+    await app.state.feed.close()
+
+
 def create_app(settings: Settings, client: redis.Redis) -> Starlette:
-    """The console app for one namespace, reading through `client`."""
+    """The console app for one namespace, reading through `client`.
+
+    The live stream follows `settings.redis_url` through an asyncio client of its own.
+    """
     cs = settings.console
-    # Outermost, so the gate's 401 and the host check's 400 carry the headers too.
-    middleware = [Middleware(SecurityHeaders)]
-    tokens = token_identities(cs)
-    if tokens:
-        middleware.append(Middleware(TokenGate, tokens=tokens))
-    else:
-        # Without a token only loopback names are served, so a page elsewhere cannot
-        # rebind its own host name to 127.0.0.1 and read the console.
-        middleware.append(
-            Middleware(TrustedHostMiddleware, allowed_hosts=_host_names(cs.allowed_hosts))
-        )
-    routes = [
+    if settings.redis_url is None:
+        raise ValueError("the console needs SCANGUARD_REDIS_URL (the Redis the workers publish to)")
+    keys = Keys(settings.namespace)
+    station = Station(client, keys, cs)
+    registry = station_registry(station)
+    metrics = ConsoleMetrics(registry)
+    feed = AlertFeed(settings.redis_url.get_secret_value(), client, keys, cs, metrics)
+    routes: list[BaseRoute] = [
         *station_api.routes(STATIC),
         Route("/api/config", config),
         Route("/api/alerts", list_alerts),
@@ -221,12 +219,48 @@ def create_app(settings: Settings, client: redis.Redis) -> Starlette:
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(
-        routes=routes, middleware=middleware, exception_handlers={Exception: server_error}
+        routes=routes,
+        middleware=_middleware(cs, metrics, routes),
+        exception_handlers={Exception: server_error},
+        lifespan=lifespan,
     )
-    app.state.console = Console(settings, client)
-    app.state.station = Station(client, Keys(settings.namespace), cs)
-    app.state.metrics = station_registry(app.state.station)
+    app.state.console = Console(settings, client, feed)
+    app.state.station = station
+    app.state.metrics = registry
+    app.state.feed = feed
     return app
+
+
+def _middleware(
+    cs: ConsoleSettings, metrics: ConsoleMetrics, routes: list[BaseRoute]
+) -> list[Middleware]:
+    # The headers outermost, so the gate's 401 and the host check's 400 carry them too;
+    # the request metrics next, so they count those answers as well.
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(RequestMetrics, metrics=metrics, templates=_templates(routes)),
+    ]
+    tokens = token_identities(cs)
+    if tokens:
+        middleware.append(Middleware(TokenGate, tokens=tokens))
+    else:
+        # Without a token only loopback names are served, so a page elsewhere cannot
+        # rebind its own host name to 127.0.0.1 and read the console.
+        middleware.append(
+            Middleware(TrustedHostMiddleware, allowed_hosts=_host_names(cs.allowed_hosts))
+        )
+    return middleware
+
+
+def _templates(routes: list[BaseRoute]) -> dict[Any, str]:
+    """Each route's endpoint (what the router puts in the scope) -> the route's template."""
+    found: dict[Any, str] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            found[route.endpoint] = route.path
+        elif isinstance(route, Mount):
+            found[route.app] = route.path + "/{path}"
+    return found
 
 
 def _host_names(hosts: list[str]) -> list[str]:
