@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -86,7 +87,7 @@ def connect(url: str | None = None, **kw: Any) -> redis.Redis:
     return redis.Redis.from_url(url, **options)
 
 
-def _nodes(netloc: str, default_port: int) -> tuple[str, str, list[tuple[str, int]]]:
+def parse_nodes(netloc: str, default_port: int) -> tuple[str, str, list[tuple[str, int]]]:
     """(username, password, [(host, port), ...]) from `user:pw@h1:p1,h2:p2`."""
     auth, _, hosts = netloc.rpartition("@")
     username, _, password = auth.partition(":")
@@ -102,7 +103,7 @@ def _cluster(url: str, options: dict[str, Any]) -> Any:
     from redis.cluster import ClusterNode, RedisCluster
 
     parts = urlsplit(url)
-    username, password, nodes = _nodes(parts.netloc, 6379)
+    username, password, nodes = parse_nodes(parts.netloc, 6379)
     options = {k: v for k, v in options.items() if k not in ("retry", "retry_on_timeout")}
     return RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
@@ -112,28 +113,54 @@ def _cluster(url: str, options: dict[str, Any]) -> Any:
     )
 
 
-def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
-    """A client for the master a set of sentinels names (see `connect`)."""
-    from redis.sentinel import Sentinel
+@dataclass(frozen=True)
+class SentinelTarget:
+    """What a redis+sentinel:// URL names: the sentinels, the service and how to reach it."""
 
+    nodes: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    options: dict[str, Any]  # client options, the URL's query laid over the caller's
+
+    @property
+    def connect_timeout(self) -> float:
+        return float(self.options.get("socket_connect_timeout", 5.0))
+
+
+def parse_sentinel_url(url: str, options: dict[str, Any]) -> SentinelTarget:
+    """Read redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]."""
     parts = urlsplit(url)
-    username, password, nodes = _nodes(parts.netloc, SENTINEL_PORT)
+    username, password, nodes = parse_nodes(parts.netloc, SENTINEL_PORT)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError("a redis+sentinel:// URL must name the service: .../SERVICE[/db]")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     db = int(path[1]) if len(path) > 1 else int(query.pop("db", 0))
+    options = dict(options)
     for key in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
         if key in query:
             options[key] = float(query.pop(key))
     options.update(query)
+    return SentinelTarget(nodes, path[0], db, username or None, password or None, options)
+
+
+def _sentinel_master(url: str, options: dict[str, Any]) -> redis.Redis:
+    """A client for the master a set of sentinels names (see `connect`)."""
+    from redis.sentinel import Sentinel
+
+    target = parse_sentinel_url(url, options)
+    timeout = target.connect_timeout
     sentinel = Sentinel(
-        nodes,
-        socket_timeout=options.get("socket_connect_timeout", 5.0),
-        sentinel_kwargs={"socket_timeout": options.get("socket_connect_timeout", 5.0)},
+        target.nodes, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout}
     )
     return sentinel.master_for(
-        path[0], db=db, username=username or None, password=password or None, **options
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **target.options,
     )
 
 

@@ -9,13 +9,13 @@ Options match `connect`: bytes replies, RESP2, no retries of its own (the feed b
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from shared.redis_conn import DEFAULT_URL, SENTINEL_PORT, _nodes, check_url
+from shared.redis_conn import DEFAULT_URL, check_url, parse_nodes, parse_sentinel_url
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
@@ -51,7 +51,7 @@ def connect_async(url: str | None = None, **kw: Any) -> AsyncClient:
 def _cluster(url: str, options: dict[str, Any]) -> redis.asyncio.RedisCluster:
     from redis.asyncio.cluster import ClusterNode
 
-    username, password, nodes = _nodes(urlsplit(url).netloc, 6379)
+    username, password, nodes = parse_nodes(urlsplit(url).netloc, 6379)
     options = {k: v for k, v in options.items() if k != "retry"}
     return redis.asyncio.RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in nodes],
@@ -64,23 +64,15 @@ def _cluster(url: str, options: dict[str, Any]) -> redis.asyncio.RedisCluster:
 def _sentinel_master(url: str, options: dict[str, Any]) -> redis.asyncio.Redis:
     from redis.asyncio.sentinel import Sentinel
 
-    parts = urlsplit(url)
-    username, password, nodes = _nodes(parts.netloc, SENTINEL_PORT)
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise ValueError("a redis+sentinel:// URL must name the service: .../SERVICE[/db]")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    db = int(path[1]) if len(path) > 1 else int(query.pop("db", 0))
-    for key in ("socket_timeout", "socket_connect_timeout", "health_check_interval"):
-        if key in query:
-            options[key] = float(query.pop(key))
-    options.update(query)
-    connect_timeout = options.get("socket_connect_timeout", 5.0)
+    target = parse_sentinel_url(url, options)
+    timeout = target.connect_timeout
     sentinel = Sentinel(
-        nodes,
-        socket_timeout=connect_timeout,
-        sentinel_kwargs={"socket_timeout": connect_timeout},
+        target.nodes, socket_timeout=timeout, sentinel_kwargs={"socket_timeout": timeout}
     )
     return sentinel.master_for(
-        path[0], db=db, username=username or None, password=password or None, **options
+        target.service,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        **target.options,
     )
