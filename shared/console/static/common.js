@@ -1,4 +1,4 @@
-// Shared by the station and supervisor pages: DOM building, the JSON API, formatting.
+// Shared by the station, supervisor and monitor pages: DOM building, the JSON API, formatting.
 // Data is only ever placed with textContent/attributes, never parsed as HTML.
 "use strict";
 

@@ -4,30 +4,8 @@
 
 const COLOURS = ["#4aa3ff", "#ff5c5c", "#f0b429", "#3ecf8e", "#c77dff", "#ff8fab", "#9ad1d4"];
 const state = { cards: new Map(), scanners: new Set(), labels: new Set(), newest: null };
-const $ = (id) => document.getElementById(id);
-
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
-
-function svg(tag, attrs = {}) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
-  return node;
-}
-
+// $, el, svg, when and pct come from common.js, loaded first.
 const artefactUrl = (event, kind) => `/api/artefacts/${encodeURIComponent(event.event_id)}/${kind}`;
-// sv-SE formats as "2026-05-01 08:00:00": unambiguous for any operator.
-const when = (iso) => new Date(iso).toLocaleString("sv-SE");
-const pct = (p) => p.toFixed(3);
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 
 async function api(path, options = {}) {
