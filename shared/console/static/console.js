@@ -4,15 +4,9 @@
 
 const COLOURS = ["#4aa3ff", "#ff5c5c", "#f0b429", "#3ecf8e", "#c77dff", "#ff8fab", "#9ad1d4"];
 const state = { cards: new Map(), scanners: new Set(), labels: new Set(), newest: null };
-// $, el, svg, when and pct come from common.js, loaded first.
+// $, el, svg, api, when and pct come from common.js, loaded first.
 const artefactUrl = (event, kind) => `/api/artefacts/${encodeURIComponent(event.event_id)}/${kind}`;
 const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-
-async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
-  if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
-  return response.json();
-}
 
 function addOption(select, set, value) {
   if (set.has(value)) return;
