@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import redis
 import timm
 import torch
+import uvicorn
 from safetensors.torch import save_file
 
 from shared.keys import Keys
 from shared.schemas import FrameFields
+from tests.redis_procs import free_port
 
 TINY_KWARGS = {"img_size": 64, "patch_size": 8, "depth": 4, "embed_dim": 64, "num_heads": 2}
 LABELS = ["benign", "gun", "knife"]
@@ -109,3 +114,28 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 def heartbeat(client: redis.Redis, keys: Keys, worker_id: str) -> Callable[[], bool]:
     """A condition: the worker's heartbeat key exists."""
     return lambda: client.exists(keys.worker(worker_id)) == 1
+
+
+@contextmanager
+def serve_app(app: Any, **config: Any) -> Iterator[str]:
+    """Run an ASGI `app` with uvicorn on a free loopback port; yield its base URL.
+
+    `config` adds uvicorn options (e.g. `timeout_graceful_shutdown`).
+    """
+    port = free_port()
+    web = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **config
+        )
+    )
+    thread = threading.Thread(target=web.run, name="web", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not web.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the web app did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.should_exit = True
+        thread.join(timeout=10)

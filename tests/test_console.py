@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-import uvicorn
 
 from shared import alerts_cli
 from shared.console.app import create_app
@@ -20,7 +17,7 @@ from shared.console.data import RateMeter
 from shared.keys import Keys
 from shared.schemas import Detection
 from shared.settings import Settings, SettingsError, load_settings
-from tests.redis_procs import free_port
+from tests.pipeline_fixtures import serve_app
 from tests.test_client import JPEG_BYTES, PNG_BYTES, make_event, publish
 
 pytestmark = pytest.mark.redis
@@ -30,27 +27,10 @@ pytestmark = pytest.mark.redis
 def serve_console(settings: Settings, server) -> Iterator[str]:
     """Run the console app with uvicorn on a free loopback port; yield its base URL."""
     client = server.client()
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings, client),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=2,
-    )
-    web = uvicorn.Server(config)
-    thread = threading.Thread(target=web.run, name="console", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not web.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "console did not start"
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with serve_app(create_app(settings, client), timeout_graceful_shutdown=2) as url:
+            yield url
     finally:
-        web.should_exit = True
-        thread.join(timeout=10)
         client.close()
 
 

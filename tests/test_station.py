@@ -13,14 +13,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
 import redis
-import uvicorn
 
 from shared.console.app import create_app
 from shared.console.identity import OPERATOR_HEADER, POOL_HEADER
@@ -39,8 +37,7 @@ from shared.schemas import (
     Thresholds,
 )
 from shared.settings import SettingsError, load_settings
-from tests.pipeline_fixtures import encode, frame_image
-from tests.redis_procs import free_port
+from tests.pipeline_fixtures import encode, frame_image, serve_app
 
 pytestmark = pytest.mark.redis
 MODEL = ModelRef(id="vit-demo", checksum="abc", labels=["benign", "gun", "knife"])
@@ -173,25 +170,6 @@ def push_bag(
 # -- a console per test -------------------------------------------------------------------
 
 
-@contextmanager
-def serve(app: Any) -> Iterator[str]:
-    """Run `app` with uvicorn on a free loopback port; yield its base URL."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    web = uvicorn.Server(config)
-    thread = threading.Thread(target=web.run, name="station", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not web.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "console did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        web.should_exit = True
-        thread.join(timeout=10)
-
-
 class Console:
     """A running console and HTTP clients on it, one per operator."""
 
@@ -225,7 +203,7 @@ def console(redis_server, keys) -> Iterator[Any]:
             load_settings(redis_url=redis_server.url, namespace=keys.namespace, console=settings),
             redis_server.client(),
         )
-        running = serve(app)
+        running = serve_app(app)
         url = running.__enter__()
         made = Console(url, app, redis_server.client(), keys)
         stack.append((running, made))
