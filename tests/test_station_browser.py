@@ -25,7 +25,8 @@ from shared.console.app import create_app
 from shared.keys import Keys
 from shared.schemas import BagEvent
 from shared.settings import load_settings
-from tests.test_station import push_bag, records, serve, take, verdict
+from tests.pipeline_fixtures import serve_app
+from tests.test_station import push_bag, records, take, verdict
 
 CHROMIUM = shutil.which("chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,7 +148,7 @@ def test_two_operators_a_returned_lease_a_tip_bag_and_the_report(redis_server, k
     dice = Scripted()
     app.state.station.rng = dice
     problems: list[str] = []
-    with serve(app) as url, sync_api.sync_playwright() as playwright:
+    with serve_app(app) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         ana = open_page(browser, url, TOKENS["ana"], problems)
         ana.wait_for_selector("#who:has-text('operator ana')")
@@ -262,7 +263,7 @@ def test_a_loopback_page_chooses_its_operator(redis_server, redis_client, keys):
     bag = push_bag(redis_client, keys, 1)
     settings = load_settings(redis_url=redis_server.url, namespace=keys.namespace)
     with (
-        serve(create_app(settings, redis_server.client())) as url,
+        serve_app(create_app(settings, redis_server.client())) as url,
         sync_api.sync_playwright() as playwright,
     ):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -307,7 +308,7 @@ def test_docs_screenshots(redis_server, keys, make_worker):
     dice = Scripted()
     app.state.station.rng = dice
     problems: list[str] = []
-    with serve(app) as url:
+    with serve_app(app) as url:
         import httpx
 
         def http(who: str) -> httpx.Client:
