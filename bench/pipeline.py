@@ -50,7 +50,7 @@ def as_source(jpegs: list[bytes]) -> Iterator[SourceFrame]:
 def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
     """Frames/s of the engine on already-decoded, already-resized frames."""
     model = load_model(settings.model.card, resolve_device(settings.model.device))
-    policy = policy_from_settings(settings.erasing, model.fill)
+    policy = policy_from_settings(settings.erasing, model)
     engine = ErasingEngine(
         model, policy, max_batch=settings.model.max_batch, precision=settings.model.precision
     )

@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from shared.keys import check_id
-from shared.vocab import BagReason, DeadKind, ExhaustedOutcome, HeadFusion, Verdict
+from shared.vocab import BagReason, DeadKind, ExhaustedOutcome, HeadFusion, MaskShape, Verdict
 
 DECISION_SCHEMA: Final = "scanguard.decision/1"
 DEAD_SCHEMA: Final = "scanguard.dead/1"
@@ -244,6 +244,8 @@ class Thresholds(BaseModel):
     judge_original: bool
     head_fusion: HeadFusion
     fill: float
+    mask_shape: MaskShape = "rollout"  # absent in events of older workers: the seed's mask
+    mask_param: float = 1.0
 
 
 class ModelRef(BaseModel):

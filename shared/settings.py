@@ -11,7 +11,14 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.keys import check_id
-from shared.vocab import ExhaustedOutcome, HeadFusion, Precision
+from shared.vocab import (
+    ErasingPreset,
+    ExhaustedOutcome,
+    HeadFusion,
+    MaskShape,
+    Precision,
+    check_mask_shape,
+)
 
 DEFAULT_MODEL_CARD = (
     Path(__file__).resolve().parent.parent / "models" / "scanguard-demo" / "card.json"
@@ -23,8 +30,17 @@ class SettingsError(ValueError):
 
 
 class ErasingSettings(BaseModel):
-    """The decision policy of iterative erasing (seed values are the defaults)."""
+    """The decision policy of iterative erasing.
 
+    `preset` says where the policy starts: "card" (the default) runs the model card's
+    calibrated operating point, or the seed's values when the card has none; "seed" runs
+    the seed's values (the defaults below). Every field set explicitly (an environment
+    variable, a keyword) overrides the preset.
+    """
+
+    preset: ErasingPreset = Field(
+        "card", description="card: the model card's operating point; seed: the seed's values"
+    )
     detect_th: float = Field(0.1, gt=0.0, lt=1.0, description="threat probability that detects")
     reconsider_th: float = Field(
         0.001, gt=0.0, lt=1.0, description="all threat probabilities below this: clear"
@@ -40,10 +56,18 @@ class ErasingSettings(BaseModel):
     fill: float | None = Field(
         None, ge=0.0, le=1.0, description="value erased pixels tend to; unset = the model card's"
     )
+    mask_shape: MaskShape = Field(
+        "rollout", description="rollout (the seed's), power, top_k or peak; see mask_param"
+    )
+    mask_param: float = Field(
+        1.0, description="power: exponent; top_k: share of patches kept; peak: radius in patches"
+    )
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> ErasingSettings:
-        if self.reconsider_th >= self.detect_th:
+        check_mask_shape(self.mask_shape, self.mask_param)
+        both = {"detect_th", "reconsider_th"} <= self.model_fields_set
+        if both and self.reconsider_th >= self.detect_th:
             raise ValueError(
                 f"reconsider_th ({self.reconsider_th}) must be below detect_th ({self.detect_th})"
             )

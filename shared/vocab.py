@@ -58,6 +58,10 @@ class BagReason(Word):
 
 ExhaustedOutcome = Literal["undetermined", "clear", "argmax"]
 HeadFusion = Literal["mean", "max", "min"]
+# How the erasing mask is shaped from the max-normalised rollout (worker.engine.attention).
+MaskShape = Literal["rollout", "power", "top_k", "peak"]
+# Where the worker's erasing policy starts (shared.settings.ErasingSettings.preset).
+ErasingPreset = Literal["card", "seed"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -67,3 +71,16 @@ def check_choice(name: str, value: str, choices: object) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+def check_mask_shape(shape: str, param: float) -> None:
+    """Refuse a mask shape or parameter `attention.shape_mask` cannot use (ValueError)."""
+    check_choice("mask_shape", shape, MaskShape)
+    if shape == "power" and not 0.0 < param <= 8.0:
+        raise ValueError(f"mask_param of the power shape must lie in (0, 8], not {param}")
+    if shape == "top_k" and not 0.0 < param < 1.0:
+        raise ValueError(f"mask_param of the top_k shape is a share in (0, 1), not {param}")
+    if shape == "peak" and not (param >= 0 and float(param).is_integer()):
+        raise ValueError(
+            f"mask_param of the peak shape is a radius in patches (0, 1, ...), not {param}"
+        )

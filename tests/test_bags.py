@@ -81,7 +81,7 @@ def images_by_decision(tiny_card) -> dict[str, list[int]]:
     """Frame images (by index) the tiny model decides clear, threat and undetermined, as a
     worker with the test thresholds does (PNG is lossless, so the pixels are the same)."""
     model = load_model(tiny_card)
-    policy = policy_from_settings(load_settings(erasing=ERASING).erasing, model.fill)
+    policy = policy_from_settings(load_settings(erasing=ERASING).erasing, model)
     inputs = [EngineInput(i, to_model_input(frame_image(i), model.input_hw)) for i in range(90)]
     # Batches of other sizes round differently; only images decided alike in all are kept.
     runs = [run_engine(model, policy, inputs, max_batch=size) for size in (1, 3, 4, 32)]

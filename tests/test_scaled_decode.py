@@ -58,7 +58,7 @@ def test_scaled_decode_gives_model_inputs_within_a_grey_level(demo_frames):
 def test_scaled_decode_leaves_the_demo_models_decisions_unchanged(demo_frames):
     """The shipped model at the worker's default policy decides the 60 frames alike from either input."""
     model, served, full = demo_frames
-    policy = policy_from_settings(load_settings().erasing, model.fill)
+    policy = policy_from_settings(load_settings().erasing, model)
     ours = run_engine(model, policy, [EngineInput(i, x) for i, x in enumerate(served)])
     theirs = run_engine(model, policy, [EngineInput(i, x) for i, x in enumerate(full)])
     for key, result in ours.items():

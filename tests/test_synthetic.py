@@ -43,7 +43,7 @@ def test_frame_shape_dtype_and_default_labels_cycle() -> None:
         assert frame.domain == "source" and frame.label_name == LABELS[frame.label]
 
 
-@pytest.mark.parametrize("domain", ["source", "target"])
+@pytest.mark.parametrize("domain", ["source", "target", "randomised"])
 def test_ground_truth_box_bounds_the_threat_mask(domain: str) -> None:
     """Threat frames carry a box that is exactly the mask's bounding box; benign frames none."""
     scanner = SyntheticScanner(domain, seed=3, size=SMALL)
@@ -111,3 +111,20 @@ def test_producer_generator_does_not_import_torch() -> None:
         }
         names |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert not any(name.split(".")[0] == "torch" for name in names), path
+
+
+def test_randomised_domain_draws_a_new_look_per_frame() -> None:
+    """The randomised domain is reproducible per index, yet varies size, aspect and palette."""
+    scanner = SyntheticScanner("randomised", seed=4, size=SMALL)
+    frames = [scanner.frame(i) for i in range(24)]
+    again = SyntheticScanner("randomised", seed=4, size=SMALL).frame(7)
+    assert np.array_equal(again.image, frames[7].image)
+    sizes = {f.image.shape[:2] for f in frames}
+    assert len(sizes) > 12  # size and aspect are drawn per frame
+    for frame in frames:
+        assert frame.image.dtype == np.uint8 and frame.mask.shape == frame.image.shape[:2]
+    # The empty belt's colour differs between frames (palette, white point, inversion).
+    corners = np.array([f.image[:3, :3].reshape(-1, 3).mean(axis=0) for f in frames])
+    assert np.ptp(corners, axis=0).max() > 60
+    grey = [bool(np.all(f.image[..., 0] == f.image[..., 1])) for f in frames]
+    assert 0 < sum(grey) < len(grey)  # a fifth of the looks are grey displays

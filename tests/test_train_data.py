@@ -84,7 +84,16 @@ def test_train_command_writes_a_card_the_worker_loads(tmp_path) -> None:
     from worker.training import train
 
     out = tmp_path / "model"
-    args = ["--out", str(out), "--epochs", "2", "--train-per-class", "22", "--val-per-class", "4"]
+    args = [
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--train-data",
+        "source:22",
+        "--val-data",
+        "source:4",
+    ]
     args += ["--batch", "32", "--warmup-steps", "1", "--ema", "0.5", "--precision", "bf16"]
     args += ["--threads", "1", "--data-workers", "1", "--cache-dir", str(tmp_path / "cache")]
     trained: list[train.Trainer] = []
@@ -112,3 +121,37 @@ def test_train_command_writes_a_card_the_worker_loads(tmp_path) -> None:
     saved = load_file(str(out / "model.safetensors"))
     last_step = trained[0].model.state_dict()
     assert not torch.equal(saved["head.weight"], last_step["head.weight"].cpu())
+
+
+def test_guidance_loss_rewards_rollout_mass_on_the_threat() -> None:
+    """The loss is −log of the rollout's share on threat patches; benign frames add nothing."""
+    from worker.training.train import guidance_loss
+
+    grid_hw = (2, 2)  # four patches, one [class] token: five tokens
+    masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+    masks[:, :16, :16] = True  # the threat lies in patch 0 (top left)
+    labels = torch.tensor([1, 1])
+
+    def one_block(attend_to: int) -> list[torch.Tensor]:
+        attn = torch.full((1, 5, 5), 0.2)
+        attn[0, 0] = 0.0
+        attn[0, 0, 1 + attend_to] = 1.0  # the [class] token looks at one patch only
+        return [attn.expand(2, 5, 5).clone()]
+
+    on = guidance_loss(one_block(0), masks, labels, 1, grid_hw)
+    off = guidance_loss(one_block(3), masks, labels, 1, grid_hw)
+    assert float(on) < float(off)
+    # One block: row 0 of (A + I), renormalised, is [0.5, 0.5, 0, 0, 0]; all the patches'
+    # share is on patch 0, so −log(1) = 0. Looking at patch 3 leaves 1e-6 (the clamp).
+    assert float(on) == pytest.approx(0.0, abs=1e-6)
+    assert float(off) == pytest.approx(-np.log(1e-6), rel=1e-4)
+    benign = guidance_loss(one_block(3), masks, torch.tensor([0, 0]), 1, grid_hw)
+    assert float(benign) == 0.0
+
+
+def test_train_refuses_the_foreign_generator(tmp_path) -> None:
+    """The independent generator is for evaluation only; training on it stops with a reason."""
+    from worker.training import train
+
+    with pytest.raises(SystemExit, match="foreign generator is kept out of training"):
+        train.main(["--out", str(tmp_path), "--train-data", "foreign:2", "--epochs", "1"])

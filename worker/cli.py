@@ -1,4 +1,4 @@
-"""`python -m worker`: run a worker, check its health, or run the demo."""
+"""`python -m worker`: run a worker, check its health, run the demo, or explain image files."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args
 
 import structlog
 
 from shared.logs import configure_logging
 from shared.redis_conn import describe_url
 from shared.settings import Settings, SettingsError, load_settings
+from shared.vocab import ErasingPreset
 from worker.service.health import health_file
 
 
@@ -33,8 +36,63 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--views", type=int, default=2, choices=range(1, 9), metavar="1..8")
     demo.add_argument("--fps", type=float, default=12.0, help="views per second")
     demo.add_argument("--out", default="demo-out", help="folder for alert artefacts")
+    _add_explain(sub)
     parser.add_argument("--check", action="store_true", help="same as the check command")
     return parser
+
+
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, not {text}")
+    return value
+
+
+def _iterations(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"must lie in 0..64, not {text}")
+    return value
+
+
+def _add_explain(sub: Any) -> None:
+    explain = sub.add_parser(
+        "explain",
+        help="erase image files without Redis: montage, heat-map, ROIs, CSV and JSONL",
+        description="Run iterative erasing on JPEG/PNG files and folders and draw every step "
+        "(see worker/service/explain.py). Exit 1 if any file failed.",
+    )
+    explain.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    explain.add_argument("--card", help="model card (default: SCANGUARD_MODEL__CARD)")
+    explain.add_argument("--out", default="explain-out", help="results folder (explain-out)")
+    explain.add_argument("--recursive", action="store_true", help="also look in subfolders")
+    explain.add_argument("--device", help="auto, cpu, cuda or cuda:N (SCANGUARD_MODEL__DEVICE)")
+    explain.add_argument(
+        "--preset",
+        choices=get_args(ErasingPreset),
+        help="card: the card's operating point; seed: the seed's values "
+        "(SCANGUARD_ERASING__PRESET and the like; flags win)",
+    )
+    explain.add_argument(
+        "--detect-th", type=_threshold, help="threat probability that detects (…__DETECT_TH)"
+    )
+    explain.add_argument(
+        "--max-iter", type=_iterations, help="erasing steps before giving up (…__MAX_ITER)"
+    )
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """The explain flags given, as settings over the environment."""
+    if args.command != "explain":
+        return {}
+    model = {"card": args.card, "device": args.device}
+    erasing = {"preset": args.preset, "detect_th": args.detect_th, "max_iter": args.max_iter}
+    sections = {"model": model, "erasing": erasing}
+    given = {
+        section: {name: value for name, value in fields.items() if value is not None}
+        for section, fields in sections.items()
+    }
+    return {section: fields for section, fields in given.items() if fields}
 
 
 def check(settings: Settings, worker_id: str | None) -> int:
@@ -62,13 +120,13 @@ def check(settings: Settings, worker_id: str | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_settings(**_overrides(args))
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
     command = "check" if args.check else (args.command or "run")
-    # The demo prints its own progress; worker log lines would bury it unless asked for.
-    quiet = command == "demo" and "SCANGUARD_LOG_LEVEL" not in os.environ
+    # The demo and explain print their own progress; log lines would bury it unless asked for.
+    quiet = command in ("demo", "explain") and "SCANGUARD_LOG_LEVEL" not in os.environ
     configure_logging(settings.log_format, "warning" if quiet else settings.log_level)
     if command == "check":
         return check(settings, getattr(args, "id", None))
@@ -77,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from worker.service.demo import run_demo
 
         return run_demo(settings, bags=args.bags, views=args.views, fps=args.fps, out_dir=args.out)
+    if command == "explain":
+        from worker.service.explain import run_explain
+
+        return run_explain(settings, args.inputs, out_dir=Path(args.out), recursive=args.recursive)
     if settings.redis_url is None:
         print(
             "SCANGUARD_REDIS_URL is not set: a worker needs a shared Redis "

@@ -20,32 +20,39 @@ import numpy as np
 MATERIAL_RATIO = {"organic": 1.25, "inorganic": 1.6, "metal": 2.4}
 
 _SUBPIXEL_BITS = 3  # cv2 polygon coordinates carry 3 fractional bits
-_HIGH_LEVELS = 1024  # quantisation of the high-energy integral for the colour table
-_HIGH_MAX = 6.0  # integrals above this are black whatever the material
-_RATIO_LEVELS = 64
-_RATIO_RANGE = (1.1, 2.6)
-_EMPTY = 0.02  # pseudo-amount of organic matter that gives the empty belt a material
+HIGH_LEVELS = 1024  # quantisation of the high-energy integral for the colour table
+HIGH_MAX = 6.0  # integrals above this are black whatever the material
+RATIO_LEVELS = 64
+RATIO_RANGE = (1.1, 2.6)
+EMPTY = 0.02  # pseudo-amount of organic matter that gives the empty belt a material
 
 
-def _colour_table() -> np.ndarray:
-    """(ratio level, high level) → RGB uint8: per-channel Beer–Lambert with tinted absorption."""
-    # Absorption weights per channel at the three anchor materials: a medium stack of
-    # organic matter keeps red and loses blue (orange), inorganic loses red and blue
-    # (green), metal loses red and green (blue).
+# Absorption weights per channel at the three anchor materials: a medium stack of
+# organic matter keeps red and loses blue (orange), inorganic loses red and blue
+# (green), metal loses red and green (blue).
+ABSORPTION = np.array([[0.05, 0.62, 1.70], [1.50, 0.36, 1.50], [1.90, 1.20, 0.15]])
+WHITE = np.array([246.0, 246.0, 240.0])
+
+
+def colour_table(
+    weights: np.ndarray = ABSORPTION, grey_term: float = 0.25, white: np.ndarray = WHITE
+) -> np.ndarray:
+    """(ratio level, high level) → RGB uint8: per-channel Beer–Lambert with tinted absorption.
+
+    `weights` (material × channel) tint the absorption; `grey_term` is added to every
+    channel, so dense stacks go dark whatever their colour; `white` is the empty belt.
+    """
     anchors = np.array(
         [MATERIAL_RATIO["organic"], MATERIAL_RATIO["inorganic"], MATERIAL_RATIO["metal"]]
     )
-    weights = np.array([[0.05, 0.62, 1.70], [1.50, 0.36, 1.50], [1.90, 1.20, 0.15]])
-    ratios = np.linspace(*_RATIO_RANGE, _RATIO_LEVELS)
+    ratios = np.linspace(*RATIO_RANGE, RATIO_LEVELS)
     per_channel = np.stack([np.interp(ratios, anchors, weights[:, c]) for c in range(3)], axis=-1)
-    highs = np.linspace(0.0, _HIGH_MAX, _HIGH_LEVELS)
-    # A grey term on top of the tint: dense stacks go dark whatever their colour.
-    absorb = highs[None, :, None] * (per_channel[:, None, :] + 0.25)
-    white = np.array([246.0, 246.0, 240.0])
+    highs = np.linspace(0.0, HIGH_MAX, HIGH_LEVELS)
+    absorb = highs[None, :, None] * (per_channel[:, None, :] + grey_term)
     return np.clip(white * np.exp(-absorb), 0, 255).astype(np.uint8)  # (R, H, 3)
 
 
-_TABLE = _colour_table()
+_TABLE = colour_table()
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class Canvas:
         self.width = width
         self.low = np.zeros((height, width), np.float32)
         self.high = np.zeros((height, width), np.float32)
+        # Per-material multiplier of every part's amount (a scanner's spectrum); 1 by default.
+        self.material_gain: dict[str, float] = {}
 
     def stamp(
         self,
@@ -140,7 +149,9 @@ class Canvas:
         if smear is not None:
             roi = _sweep(roi, smear)
         thick = _profile(roi) if part.rounded else roi / 255.0
-        add = (thick * (part.amount * gain)).astype(np.float32)
+        add = (thick * (part.amount * gain * self.material_gain.get(part.material, 1.0))).astype(
+            np.float32
+        )
         ratio = MATERIAL_RATIO[part.material]
         self.high[y0:y1, x0:x1] += add
         self.low[y0:y1, x0:x1] += add * ratio
@@ -166,14 +177,14 @@ class Canvas:
         if blur > 0:
             high = cv2.GaussianBlur(high, (0, 0), blur)
             low = cv2.GaussianBlur(low, (0, 0), blur)
-        ratio = (low + _EMPTY * MATERIAL_RATIO["organic"]) / (high + _EMPTY)
+        ratio = (low + EMPTY * MATERIAL_RATIO["organic"]) / (high + EMPTY)
         if noise > 0:
             # Quantum noise grows with attenuation (fewer photons reach the detector).
             grain = rng.standard_normal(high.shape, dtype=np.float32)
             high = high + grain * (noise * (1.0 + 0.5 * high))
-        r_lo, r_hi = _RATIO_RANGE
-        r_idx = ((ratio - r_lo) * ((_RATIO_LEVELS - 1) / (r_hi - r_lo))).clip(0, _RATIO_LEVELS - 1)
-        h_idx = (high * ((_HIGH_LEVELS - 1) / _HIGH_MAX)).clip(0, _HIGH_LEVELS - 1)
+        r_lo, r_hi = RATIO_RANGE
+        r_idx = ((ratio - r_lo) * ((RATIO_LEVELS - 1) / (r_hi - r_lo))).clip(0, RATIO_LEVELS - 1)
+        h_idx = (high * ((HIGH_LEVELS - 1) / HIGH_MAX)).clip(0, HIGH_LEVELS - 1)
         return _TABLE[r_idx.astype(np.intp), h_idx.astype(np.intp)]
 
 

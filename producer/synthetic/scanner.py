@@ -11,7 +11,10 @@ same call always returns the same pixels, in any order and in any process.
 Two domains play the two sides of a domain gap. "source" packs few items and shows
 large, unobstructed threats (like the web images a model is first trained on);
 "target" packs dense clutter and shows smaller threats with other items overlapping
-them (like frames from a real screening line).
+them (like frames from a real screening line). A third, "randomised", is for training
+models that must hold on scanners they have not seen: every frame draws its packing
+from a range spanning both and its look (palette, physics, detector, display, frame
+size and aspect) from `looks`, so its frames come in many sizes.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ import cv2
 import numpy as np
 
 from producer.synthetic.clutter import CLUTTER, CLUTTER_WEIGHTS, draw_bag
+from producer.synthetic.looks import frame_size, random_look, render_look
 from producer.synthetic.render import Canvas
 from producer.synthetic.shapes import GUNS, KNIVES, LENGTH_FACTOR
 
 LABELS = ("benign", "gun", "knife")
-DOMAINS = ("source", "target")
+DOMAINS = ("source", "target", "randomised")
 DEFAULT_SIZE = (512, 384)  # (width, height)
-DOMAIN_SALT = {"source": 0x5EED_0001, "target": 0x5EED_0002}
+DOMAIN_SALT = {"source": 0x5EED_0001, "target": 0x5EED_0002, "randomised": 0x5EED_0003}
 _CLUTTER_NAMES = tuple(CLUTTER)
 
 
@@ -43,6 +47,7 @@ class DomainSpec:
     clutter_scale: float  # multiplies every clutter item's size
     noise: float
     blur: float
+    randomise_look: bool = False  # draw a `looks.Look` per frame (noise and blur then unused)
 
 
 DOMAIN_SPECS = {
@@ -61,6 +66,15 @@ DOMAIN_SPECS = {
         clutter_scale=1.0,
         noise=0.045,
         blur=0.9,
+    ),
+    "randomised": DomainSpec(
+        clutter=(0, 14),
+        threat_length=(0.16, 0.55),
+        occluders=(0, 3),
+        clutter_scale=1.0,
+        noise=0.0,
+        blur=0.0,
+        randomise_look=True,
     ),
 }
 
@@ -88,9 +102,11 @@ class SyntheticScanner:
     """Deterministic frame source of synthetic X-ray scans.
 
     Args:
-        domain: "source" (sparse bags, large threats) or "target" (dense, small, occluded).
+        domain: "source" (sparse bags, large threats), "target" (dense, small, occluded)
+            or "randomised" (packing and look drawn per frame).
         seed: selects the stream of bags; different seeds give unrelated frames.
-        size: (width, height) of every frame in pixels.
+        size: (width, height) of every frame in pixels; in "randomised", the nominal size
+            that each frame's size and aspect are drawn around.
     """
 
     def __init__(
@@ -138,13 +154,22 @@ def _compose(
     domain: str,
     index: int,
 ) -> SyntheticFrame:
+    look = None
+    clutter_scale = spec.clutter_scale
+    if spec.randomise_look:
+        look = random_look(rng)
+        size = frame_size(look, size)
+        clutter_scale *= rng.uniform(0.75, 1.2)
     width, height = size
     canvas = Canvas(height, width)
+    if look is not None:
+        canvas.material_gain = look.material_gain
     bag = _bag_box(rng, width, height)
-    draw_bag(canvas, rng, bag)
+    if look is None or rng.random() < 0.8:
+        draw_bag(canvas, rng, bag)
     bag_w = bag[2] - bag[0]
     for _ in range(rng.integers(spec.clutter[0], spec.clutter[1] + 1)):
-        _place_clutter(canvas, rng, bag, spec.clutter_scale * bag_w, None)
+        _place_clutter(canvas, rng, bag, clutter_scale * bag_w, None)
 
     footprint = np.zeros((height, width), bool)
     kind = None
@@ -163,9 +188,12 @@ def _compose(
         # local density do not give the label away.
         over = (_threat_centre(rng, bag, 0.3 * bag_w), 0.1 * bag_w)
     for _ in range(rng.integers(spec.occluders[0], spec.occluders[1] + 1)):
-        _place_clutter(canvas, rng, bag, spec.clutter_scale * bag_w, over)
+        _place_clutter(canvas, rng, bag, clutter_scale * bag_w, over)
 
-    image = canvas.render(rng, spec.noise, spec.blur)
+    if look is None:
+        image = canvas.render(rng, spec.noise, spec.blur)
+    else:
+        image = render_look(canvas, rng, look)
     box = box_of(footprint) if label != 0 else None
     if label != 0 and box is None:
         raise AssertionError("threat drawn outside the frame")  # the centre is kept inside the bag

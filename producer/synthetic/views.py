@@ -36,7 +36,6 @@ from producer.synthetic.scanner import (
     DEFAULT_SIZE,
     DOMAIN_SALT,
     DOMAIN_SPECS,
-    DOMAINS,
     LABELS,
     DomainSpec,
     box_of,
@@ -112,8 +111,8 @@ class SyntheticBagScanner:
         size: tuple[int, int] = DEFAULT_SIZE,
         views: int = 2,
     ) -> None:
-        if domain not in DOMAIN_SPECS:
-            raise ValueError(f"domain must be one of {DOMAINS}, not {domain!r}")
+        if domain not in STAND_CHANCE:
+            raise ValueError(f"bag domain must be one of {tuple(STAND_CHANCE)}, not {domain!r}")
         width, height = size
         if width < 64 or height < 64:
             raise ValueError(f"frame size must be at least 64x64, not {width}x{height}")

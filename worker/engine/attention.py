@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.vocab import HeadFusion, check_choice
+from shared.vocab import HeadFusion, MaskShape, check_choice
 from worker.engine.model import LoadedModel
 
 
@@ -103,9 +103,14 @@ def rollout_class_row(maps: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def attention_mask(
-    maps: Sequence[torch.Tensor], num_prefix_tokens: int, grid_hw: tuple[int, int]
+    maps: Sequence[torch.Tensor],
+    num_prefix_tokens: int,
+    grid_hw: tuple[int, int],
+    shape: MaskShape = "rollout",
+    param: float = 1.0,
 ) -> torch.Tensor:
-    """The erasing mask: the [class] rollout over patches, on the grid, max-normalised.
+    """The erasing mask: the [class] rollout over patches, on the grid, max-normalised,
+    then shaped by `shape_mask` (the default, "rollout", leaves it as the seed has it).
 
     Returns:
         (B, rows, cols) fp32 in (0, 1]; the largest weight of each image is exactly 1.
@@ -115,10 +120,42 @@ def attention_mask(
     if row.shape[1] != rows * cols:
         raise ValueError(f"{row.shape[1]} patch tokens do not fill a {rows}x{cols} grid")
     grid = row.reshape(-1, rows, cols)
-    grid = grid / grid.amax(dim=(1, 2), keepdim=True)
+    grid = shape_mask(grid / grid.amax(dim=(1, 2), keepdim=True), shape, param)
     # Attention weights are softmax outputs and so positive, but a min-fused map can
     # underflow; keep the mask strictly positive so no pixel is zeroed by rounding alone.
     return grid.clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def shape_mask(grid: torch.Tensor, shape: MaskShape, param: float) -> torch.Tensor:
+    """Reshape max-normalised (B, rows, cols) masks to keep more of the peak, erase more of the rest.
+
+    - "rollout": unchanged, the seed's mask (`param` unused).
+    - "power": m ** param; param > 1 darkens everything but the peak more per step.
+    - "top_k": the top `param` share of patches (0 < param < 1, at least one patch) kept
+      whole (1), the rest kept at m², so a step erases the periphery harder.
+    - "peak": a square of radius `param` patches around each image's peak kept whole,
+      the rest as the seed has it; keeps the threat when the peak sits on its edge.
+
+    Every shape keeps each image's peak at exactly 1 and all values in (0, 1].
+    """
+    check_choice("mask shape", shape, MaskShape)
+    if shape == "rollout":
+        return grid
+    if shape == "power":
+        return grid.pow(param)
+    batch, rows, cols = grid.shape
+    flat = grid.reshape(batch, -1)
+    if shape == "top_k":
+        keep = max(1, round(param * flat.shape[1]))
+        cut = flat.topk(keep, dim=1).values[:, -1:]  # (B, 1): the smallest kept value
+        return torch.where(flat >= cut, torch.ones_like(flat), flat * flat).reshape(grid.shape)
+    radius = int(param)
+    peak = flat.argmax(dim=1)
+    peak_r, peak_c = (peak // cols).view(-1, 1, 1), (peak % cols).view(-1, 1, 1)
+    r = torch.arange(rows, device=grid.device).view(1, -1, 1)
+    c = torch.arange(cols, device=grid.device).view(1, 1, -1)
+    near = ((r - peak_r).abs() <= radius) & ((c - peak_c).abs() <= radius)
+    return torch.where(near, torch.ones_like(grid), grid)
 
 
 def resize_mask(grid: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

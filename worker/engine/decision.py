@@ -6,9 +6,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.vocab import ExhaustedOutcome, HeadFusion, Verdict, check_choice
+from shared.vocab import (
+    ExhaustedOutcome,
+    HeadFusion,
+    MaskShape,
+    Verdict,
+    check_choice,
+    check_mask_shape,
+)
 
-__all__ = ["DecisionPolicy", "Outcome", "Verdict", "decide_after_forward", "exhausted", "judge"]
+__all__ = [
+    "DecisionPolicy",
+    "Outcome",
+    "Verdict",
+    "check_mask_shape",
+    "decide_after_forward",
+    "exhausted",
+    "judge",
+]
 
 
 @dataclass(frozen=True)
@@ -22,6 +37,8 @@ class DecisionPolicy:
     judge_original: bool = False
     head_fusion: HeadFusion = "mean"
     fill: float = 0.0
+    mask_shape: MaskShape = "rollout"  # see attention.shape_mask; "rollout" is the seed's
+    mask_param: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.reconsider_th < self.detect_th < 1.0:
@@ -34,6 +51,7 @@ class DecisionPolicy:
         check_choice("head_fusion", self.head_fusion, HeadFusion)
         if not 0.0 <= self.fill <= 1.0:
             raise ValueError(f"fill must lie in [0, 1], not {self.fill}")
+        check_mask_shape(self.mask_shape, self.mask_param)
 
     @classmethod
     def vanilla(cls) -> DecisionPolicy:

@@ -154,7 +154,13 @@ class ErasingEngine:
             with self._autocast():
                 logits, maps = forward_with_attention(model, self._recorder, self._pixels)
             probs = torch.softmax(logits.float(), dim=-1)  # (A, C)
-            grid = attention_mask(maps, model.num_prefix_tokens, model.grid_hw)  # (A, gh, gw)
+            grid = attention_mask(
+                maps,
+                model.num_prefix_tokens,
+                model.grid_hw,
+                self.policy.mask_shape,
+                self.policy.mask_param,
+            )  # (A, gh, gw)
             probs_host = probs.cpu().numpy()  # the one sync per step: decisions need it
 
             finished: list[tuple[int, Verdict, tuple[int, ...]]] = []

@@ -14,9 +14,49 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from timm.data import resolve_data_config
 from torch import nn
 
+from shared.vocab import ExhaustedOutcome, HeadFusion, MaskShape, check_mask_shape
+
 
 class ModelLoadError(ValueError):
     """The model card or checkpoint cannot give a usable model; the message says why."""
+
+
+class OperatingPolicy(BaseModel):
+    """The erasing policy a calibration chose (fields as in `decision.DecisionPolicy`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detect_th: float = Field(gt=0.0, lt=1.0)
+    reconsider_th: float = Field(gt=0.0, lt=1.0)
+    max_iter: int = Field(ge=0, le=64)
+    fill: float = Field(ge=0.0, le=1.0)
+    mask_shape: MaskShape = "rollout"
+    mask_param: float = 1.0
+    on_exhausted: ExhaustedOutcome = "undetermined"
+    judge_original: bool = False
+    head_fusion: HeadFusion = "mean"
+
+    @model_validator(mode="after")
+    def _valid_policy(self) -> OperatingPolicy:
+        if self.reconsider_th >= self.detect_th:
+            raise ValueError(
+                f"reconsider_th ({self.reconsider_th}) must be below detect_th ({self.detect_th})"
+            )
+        check_mask_shape(self.mask_shape, self.mask_param)
+        return self
+
+
+class OperatingPoint(BaseModel):
+    """Where the model should run, and what that was measured to give (written by calibrate)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    policy: OperatingPolicy
+    target_false_alarm: float = Field(gt=0.0, lt=1.0)
+    chosen_on: dict[str, Any] = Field(default_factory=dict, description="the validation data")
+    expected: dict[str, Any] = Field(
+        default_factory=dict, description="recall and false-alarm rate with 95 % intervals"
+    )
 
 
 class ModelCard(BaseModel):
@@ -35,6 +75,9 @@ class ModelCard(BaseModel):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     fill: float = Field(0.0, ge=0.0, le=1.0, description="value erased pixels tend to")
+    operating_point: OperatingPoint | None = Field(
+        None, description="the calibrated erasing policy the worker runs unless settings override"
+    )
 
     @model_validator(mode="after")
     def _benign_in_range(self) -> ModelCard:
@@ -58,6 +101,7 @@ class LoadedModel:
     fill: float
     model_id: str
     checksum: str  # sha256 of the checkpoint, or of the state dict for in-memory models
+    operating_point: OperatingPoint | None = None
 
     @property
     def num_classes(self) -> int:
@@ -105,6 +149,7 @@ def from_module(
     checksum: str | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    operating_point: OperatingPoint | None = None,
 ) -> LoadedModel:
     """Wrap an in-memory timm ViT (tests, training) as a `LoadedModel`.
 
@@ -138,6 +183,7 @@ def from_module(
         fill=fill,
         model_id=model_id or getattr(module, "default_cfg", {}).get("architecture", "vit"),
         checksum=checksum,
+        operating_point=operating_point,
     )
 
 
@@ -224,6 +270,7 @@ def load_model(card_path: Path | str, device: torch.device | str = "cpu") -> Loa
         checksum=checksum,
         mean=card.mean,
         std=card.std,
+        operating_point=card.operating_point,
     )
 
 

@@ -78,6 +78,25 @@ def numpy_rollout_mask(
     return mask / mask.max()
 
 
+def numpy_shape_mask(mask: np.ndarray, shape: str, param: float) -> np.ndarray:
+    """The mask shapes of `attention.shape_mask`, written again per image in numpy."""
+    if shape == "rollout":
+        return mask
+    if shape == "power":
+        return mask**param
+    if shape == "top_k":
+        keep = max(1, round(param * mask.size))
+        cut = np.sort(mask, axis=None)[::-1][keep - 1]
+        return np.where(mask >= cut, 1.0, mask * mask)
+    if shape == "peak":
+        out = mask.copy()
+        row, col = np.unravel_index(int(np.argmax(mask)), mask.shape)
+        radius = int(param)
+        out[max(row - radius, 0) : row + radius + 1, max(col - radius, 0) : col + radius + 1] = 1.0
+        return out
+    raise ValueError(f"unknown mask shape {shape!r}")
+
+
 def erase(image: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
     """Resize the grid mask to the image with cv2 and darken (or fill) what it leaves out."""
     rows, cols = image.shape[:2]
@@ -121,6 +140,7 @@ def reference_predict(
         mask = numpy_rollout_mask(
             attention, model.num_prefix_tokens, model.grid_hw, policy.head_fusion
         )
+        mask = numpy_shape_mask(mask, policy.mask_shape, policy.mask_param)
         x = erase(x, mask, policy.fill)
         probs = classify(x)
         decided = rules(probs)

@@ -21,18 +21,40 @@ from worker.engine.model import LoadedModel, load_model, resolve_device
 from worker.service.loop import Worker
 from worker.service.metrics import WorkerMetrics
 
+SEED_POLICY = DecisionPolicy()  # the seed's thresholds: the "seed" preset
 
-def policy_from_settings(erasing: ErasingSettings, card_fill: float) -> DecisionPolicy:
-    """The decision policy the settings ask for; `fill` falls back to the model card's."""
-    return DecisionPolicy(
-        detect_th=erasing.detect_th,
-        reconsider_th=erasing.reconsider_th,
-        max_iter=erasing.max_iter,
-        on_exhausted=erasing.on_exhausted,
-        judge_original=erasing.judge_original,
-        head_fusion=erasing.head_fusion,
-        fill=card_fill if erasing.fill is None else erasing.fill,
-    )
+
+def policy_from_settings(erasing: ErasingSettings, model: LoadedModel) -> DecisionPolicy:
+    """The decision policy the worker runs: the preset, then every explicitly set field.
+
+    The "card" preset starts from the model card's calibrated operating point (the seed's
+    values when the card has none), "seed" from the seed's values; `fill` falls back to
+    the card's. A combination that is not a valid policy stops start-up, naming the fields.
+    """
+    base: dict[str, object] = {
+        "detect_th": SEED_POLICY.detect_th,
+        "reconsider_th": SEED_POLICY.reconsider_th,
+        "max_iter": SEED_POLICY.max_iter,
+        "on_exhausted": SEED_POLICY.on_exhausted,
+        "judge_original": SEED_POLICY.judge_original,
+        "head_fusion": SEED_POLICY.head_fusion,
+        "fill": model.fill,
+        "mask_shape": SEED_POLICY.mask_shape,
+        "mask_param": SEED_POLICY.mask_param,
+    }
+    if erasing.preset == "card" and model.operating_point is not None:
+        base.update(model.operating_point.policy.model_dump())
+    explicit = erasing.model_fields_set - {"preset"}
+    base.update({name: getattr(erasing, name) for name in explicit})
+    if base["fill"] is None:
+        base["fill"] = model.fill
+    try:
+        return DecisionPolicy(**base)  # type: ignore[arg-type]
+    except ValueError as exc:
+        source = "the model card's operating point" if erasing.preset == "card" else "the seed"
+        raise ValueError(
+            f"SCANGUARD_ERASING__*: {exc} (settings {sorted(explicit) or 'none'} over {source})"
+        ) from None
 
 
 def create_worker(
@@ -46,7 +68,7 @@ def create_worker(
 
     It creates its consumer group on its first pass (backing off while Redis is down).
     """
-    policy = policy_from_settings(settings.erasing, model.fill)
+    policy = policy_from_settings(settings.erasing, model)
     return Worker(settings, client, model, policy, metrics=metrics)
 
 

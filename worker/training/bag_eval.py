@@ -2,20 +2,19 @@
 
     python -m worker.training.bag_eval --card models/scanguard-demo/card.json --out eval
 
-Every view goes through the erasing engine at the policy the worker runs with (settings
-defaults: the seed's thresholds, the card's fill) and at vanilla argmax. A bag is a
+Every view goes through the erasing engine at the policy the worker runs with (by
+default the card's operating point) and at vanilla argmax. A bag is a
 threat if any view is, else undetermined if any view is, else clear (the bag rule of
 `worker.service.bags`). Bag decisions are compared with view 0 alone, and the ROIs the
 worker would publish are scored against each threat view's ground-truth box. Writes
-bags.json and the "Bags and views" section of REPORT.md into `--out`; the evaluate
-command keeps that section when it rewrites REPORT.md.
+bags.json and the "Bags and views" section of REPORT.md into `--out`;
+`python -m worker.training.report` keeps that section when it rewrites REPORT.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shlex
 import sys
@@ -41,9 +40,7 @@ from worker.service.bags import bag_decision
 from worker.service.bootstrap import policy_from_settings
 from worker.service.rois import rois_from_mask
 from worker.training.bag_report import BAGS_FILE, render_section, splice_section
-from worker.training.metrics import policy_dict
-
-Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+from worker.training.metrics import policy_dict, wilson_interval
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), end-exclusive
 
@@ -60,22 +57,11 @@ class ViewTruth:
     frame_hw: tuple[int, int]
 
 
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a share k / n (95 % by default); NaNs when n is 0."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def share(k: int, n: int) -> dict[str, Any]:
     """A count, its share and its 95 % Wilson interval (None where n is 0, to stay valid JSON)."""
     if n == 0:
         return {"k": k, "n": n, "rate": None, "lo": None, "hi": None}
-    lo, hi = wilson(k, n)
+    lo, hi = wilson_interval(k, n)
     return {"k": k, "n": n, "rate": k / n, "lo": lo, "hi": hi}
 
 
@@ -259,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.card)
     args.roi_threshold, args.max_rois = settings.worker.roi_threshold, settings.worker.max_rois
     policies = {
-        "worker": policy_from_settings(settings.erasing, model.fill),
+        "worker": policy_from_settings(settings.erasing, model),
         "vanilla": DecisionPolicy.vanilla(),
     }
     domains = {}

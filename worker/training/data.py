@@ -1,7 +1,15 @@
-"""Generated frame sets at the model's input size, and the erasing augmentation.
+"""Frame sets at the model's input size, and the erasing augmentation.
 
 Both the training and the evaluation commands get their frames here, so they resize the
 scanner's frames the same way, with the engine's `to_model_input` (the worker uses it too).
+A data spec names where frames come from:
+
+    source:3000           3000 frames per class of the synthetic "source" domain
+    randomised:12000      ... of the "randomised" domain (any `producer.synthetic` domain)
+    foreign:300           ... of the independent generator `producer.foreign` (never trained on)
+    imagefolder:DIR       every JPEG/PNG/DICOS under DIR/<label>/, one sub-folder per card label
+
+Generated frames carry the threat's mask; a folder's frames carry none (all False).
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from producer.synthetic import DEFAULT_SIZE, SyntheticScanner
+from producer.synthetic import DEFAULT_SIZE, DOMAINS, LABELS, SyntheticScanner
 from worker.engine.preprocess import to_model_input
 
 
@@ -77,7 +86,7 @@ def _render_range(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Frames first .. end − 1 at the model input: images, threat masks, labels."""
     cv2.setNumThreads(1)
-    scanner = SyntheticScanner(domain, seed=seed, size=frame_size)
+    scanner = make_scanner(domain, seed, frame_size)
     rows, cols = input_hw
     images = np.empty((end - first, rows, cols, 3), np.uint8)
     masks = np.empty((end - first, rows, cols), bool)
@@ -91,6 +100,21 @@ def _render_range(
         masks[out] = small > 32
         labels[out] = frame.label
     return images, masks, labels
+
+
+FOREIGN = "foreign"  # the independent generator (producer.foreign): evaluation only
+
+
+def make_scanner(domain: str, seed: int, frame_size: tuple[int, int] = DEFAULT_SIZE) -> Any:
+    """The frame source of `domain`: a `SyntheticScanner` domain, or "foreign".
+
+    The foreign generator keeps its own frame size: it plays a scanner of another make.
+    """
+    if domain == FOREIGN:
+        from producer.foreign import ForeignScanner
+
+        return ForeignScanner(seed=seed)
+    return SyntheticScanner(domain, seed=seed, size=frame_size)
 
 
 def cached_set(
@@ -120,6 +144,146 @@ def cached_set(
     )
     tmp.replace(path)
     return frames
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where a frame set comes from: a synthetic domain (per_class frames each) or a folder."""
+
+    kind: str  # a synthetic domain, or "imagefolder"
+    per_class: int = 0
+    folder: Path | None = None
+
+    def __str__(self) -> str:
+        return f"imagefolder:{self.folder}" if self.folder else f"{self.kind}:{self.per_class}"
+
+
+def parse_data_spec(text: str, default_per_class: int | None = None) -> DataSpec:
+    """`DOMAIN:PER_CLASS` or `imagefolder:DIR` (see the module docstring); ValueError if neither."""
+    kind, _, rest = text.partition(":")
+    if kind == "imagefolder":
+        if not rest:
+            raise ValueError("imagefolder needs a folder: imagefolder:DIR")
+        folder = Path(rest)
+        if not folder.is_dir():
+            raise ValueError(f"imagefolder: {folder} is not a folder")
+        return DataSpec("imagefolder", folder=folder)
+    if kind not in (*DOMAINS, FOREIGN):
+        raise ValueError(
+            f"data must be DOMAIN:PER_CLASS (DOMAIN one of {(*DOMAINS, FOREIGN)}) or "
+            f"imagefolder:DIR, not {text!r}"
+        )
+    if not rest and default_per_class is not None:
+        return DataSpec(kind, default_per_class)
+    try:
+        per_class = int(rest)
+    except ValueError:
+        raise ValueError(f"{text!r}: frames per class must be a whole number") from None
+    if per_class < 1:
+        raise ValueError(f"{text!r}: frames per class must be at least 1")
+    return DataSpec(kind, per_class)
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+MAX_FOLDER_PIXELS = 64_000_000  # per image; a DICOS object over this is refused
+
+
+def load_imagefolder(
+    folder: Path, labels: tuple[str, ...] | list[str], input_hw: tuple[int, int]
+) -> FrameSet:
+    """Every JPEG, PNG or DICOS (.dcm) image under `folder`/<label>/ at the model input.
+
+    Sub-folders must be card labels (a name outside `labels` is an error, not skipped:
+    frames silently left out of a validation set would bias it); files that do not decode
+    are an error naming the file. Files are read in sorted order, so a set is reproducible.
+    """
+    folder = Path(folder)
+    unknown = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in labels)
+    if unknown:
+        raise ValueError(
+            f"{folder}: sub-folders {unknown} are not labels of the card {list(labels)}"
+        )
+    paths: list[tuple[Path, int]] = []
+    for index, label in enumerate(labels):
+        sub = folder / label
+        if sub.is_dir():
+            paths += [
+                (path, index)
+                for path in sorted(sub.rglob("*"))
+                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+            ]
+    if not paths:
+        raise ValueError(f"{folder}: no JPEG or PNG files under any of {list(labels)}")
+    rows, cols = input_hw
+    images = np.empty((len(paths), rows, cols, 3), np.uint8)
+    for out, (path, _) in enumerate(paths):
+        images[out] = to_model_input(read_image(path), input_hw)
+    labels_arr = np.array([label for _, label in paths], np.int64)
+    return FrameSet(
+        images,
+        labels_arr,
+        np.zeros((len(paths), rows, cols), bool),
+        f"imagefolder:{folder}",
+        0,
+        np.arange(len(paths)),
+    )
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 pixels of a JPEG, PNG or DICOS DX file (as the worker displays DICOS)."""
+    data = path.read_bytes()
+    if path.suffix.lower() == ".dcm":
+        from worker.service.dicos import DicosError, decode_dicos
+
+        try:
+            return decode_dicos(data, MAX_FOLDER_PIXELS).rgb
+        except DicosError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable JPEG or PNG")
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def load_data(
+    spec: DataSpec,
+    seed: int,
+    input_hw: tuple[int, int],
+    labels: tuple[str, ...] | list[str] = LABELS,
+    cache_dir: Path | None = None,
+    workers: int = 1,
+) -> FrameSet:
+    """The frame set a spec names; `seed` selects the synthetic scanner's stream."""
+    if spec.folder is not None:
+        return load_imagefolder(spec.folder, labels, input_hw)
+    if tuple(labels) != LABELS:
+        raise ValueError(
+            f"synthetic data is labelled {LABELS}; the card's labels are {list(labels)}"
+        )
+    return cached_set(cache_dir, spec.kind, seed, spec.per_class, input_hw, workers=workers)
+
+
+def load_or_exit(command: str, spec: DataSpec, *args: Any, **kwargs: Any) -> FrameSet:
+    """`load_data`, with its refusals (a bad folder, an unreadable file) ending `command`
+    with the reason rather than a traceback."""
+    try:
+        return load_data(spec, *args, **kwargs)
+    except ValueError as exc:
+        raise SystemExit(f"python -m {command}: {exc}") from None
+
+
+def concat_sets(sets: list[FrameSet]) -> FrameSet:
+    """One set holding the frames of all `sets`, in order (domain names joined with '+')."""
+    if len(sets) == 1:
+        return sets[0]
+    return FrameSet(
+        np.concatenate([s.images for s in sets]),
+        np.concatenate([s.labels for s in sets]),
+        np.concatenate([s.masks for s in sets]),
+        "+".join(s.domain for s in sets),
+        sets[0].seed,
+        np.concatenate([s.indices for s in sets]),
+    )
 
 
 def spare_points(

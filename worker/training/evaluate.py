@@ -1,10 +1,24 @@
-"""Evaluate a model card on held-out synthetic scans: vanilla vs iterative erasing.
+"""Evaluate a model card on held-out scans: vanilla classification vs iterative erasing.
 
-    python -m worker.training.evaluate --card models/scanguard-demo/card.json --out eval
+    python -m worker.training.evaluate --card models/scanguard-demo/card.json --out eval/shipped
 
-Thresholds and the erasing fill are chosen on a validation set of target-domain frames
-(its own seed); the held-out sets (another seed, target and source domains) are only
-scored. Writes REPORT.md, results.json, sweep.png and montage.png into `--out`.
+Per domain (the synthetic "source" and "target", the independent "foreign" generator, or
+a labelled `imagefolder:DIR`) it scores, on frames of a held-out seed:
+
+- erasing at the card's operating point (written by `calibrate`; the seed's thresholds
+  when the card has none), from a real engine run;
+- vanilla classification swept over its threshold, and at the operating point's
+  false-alarm rate ("matched false-alarm rate"): the recall erasing gains over vanilla
+  there, and the area between erasing's swept curve and vanilla's, both with paired
+  bootstrap intervals;
+- every mask shape the calibration chose a policy for, against the seed's mask;
+- where the first forward's mask falls: the pointing game (its peak on the threat's box,
+  ± one patch) and the share of its mass on the threat.
+
+Recall here is the share of threat frames called a threat (the bag is searched), so it is
+comparable between a vanilla threshold and erasing; rates carry 95 % Wilson intervals.
+Nothing is tuned on these frames. Writes results.json, curves.png and montage.png into
+`--out`; `python -m worker.training.report` turns one or more of those into REPORT.md.
 """
 
 from __future__ import annotations
@@ -16,36 +30,33 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import get_args
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from producer.synthetic import DEFAULT_SIZE, SyntheticScanner
-from shared.vocab import ExhaustedOutcome
 from worker.engine.decision import DecisionPolicy, Verdict
 from worker.engine.erasing import EngineInput, ErasingEngine, FrameResult
 from worker.engine.model import LoadedModel, load_model
-from worker.training.data import FrameSet, generate_set
+from worker.training.data import FrameSet, load_or_exit, parse_data_spec
 from worker.training.metrics import (
     Decision,
-    SweepGrid,
-    argmax_accuracy,
+    Rate,
+    area_between,
     calibration_by_step,
-    choose,
+    operating_curve,
     policy_dict,
+    recall_at_fa,
     replay,
     score,
-    sweep,
     tracing_policy,
-    vanilla_at,
-    vanilla_curve,
 )
-from worker.training.plots import montage, sweep_plot
-from worker.training.report import write_report
+from worker.training.plots import montage, plot_operating_curves
 
-VANILLA_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+FA_MAX = 0.3  # false-alarm range over which the curves' area is compared
+DETECT_SWEEP = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.995)
+BOOTSTRAP = 1000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,47 +64,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m worker.training.evaluate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--card", type=Path, default=Path("models/scanguard-demo/card.json"))
-    parser.add_argument("--out", type=Path, default=Path("eval"))
+    parser.add_argument("--out", type=Path, default=Path("eval/shipped"))
+    parser.add_argument("--name", default=None, help="what the report calls this model")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=["source:300", "target:300", "foreign:300"],
+        metavar="SPEC",
+        help="held-out sets: DOMAIN:PER_CLASS (source, target, randomised, foreign) or imagefolder:DIR",
+    )
     parser.add_argument(
         "--test-seed", type=int, default=424242, help="scanner seed of the held-out sets"
     )
     parser.add_argument(
-        "--per-class", type=int, default=500, help="held-out frames per class and domain"
-    )
-    parser.add_argument(
-        "--val-seed", type=int, default=2, help="scanner seed of the target validation set"
-    )
-    parser.add_argument("--val-per-class", type=int, default=150)
-    parser.add_argument(
-        "--domains", nargs="+", default=["target", "source"], choices=["target", "source"]
-    )
-    parser.add_argument(
-        "--fills",
-        type=float,
-        nargs="+",
-        default=None,
-        help="erasing fills to choose from on validation (default: 1.0 and 0.0, and the card's)",
-    )
-    parser.add_argument("--detect-th", type=float, nargs="+", default=list(SweepGrid.detect_th))
-    parser.add_argument(
-        "--reconsider-th", type=float, nargs="+", default=list(SweepGrid.reconsider_th)
-    )
-    parser.add_argument("--max-iters", type=int, nargs="+", default=list(SweepGrid.max_iter))
-    parser.add_argument("--on-exhausted", default="argmax", choices=get_args(ExhaustedOutcome))
-    parser.add_argument(
-        "--far-margin",
-        type=float,
-        default=0.02,
-        help="allowed rise of the false-alarm rate over vanilla argmax, on validation",
+        "--no-shapes", action="store_true", help="skip the mask-shape comparison (one trace run)"
     )
     parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument(
-        "--speed-frames",
-        type=int,
-        default=60,
-        help="frames per domain for the generator speed measurement (0 skips it)",
-    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="bootstrap resamples")
     return parser.parse_args(argv)
 
 
@@ -117,147 +105,261 @@ def traces_of(results: list[FrameResult]) -> list[tuple[tuple[float, ...], ...]]
     return [r.trace for r in results]
 
 
-def select_policy(
-    model: LoadedModel, val: FrameSet, args: argparse.Namespace, fills: list[float]
-) -> dict:
-    """Sweep thresholds and fills on the validation set; pick the best recall within the false-alarm budget."""
-    labels = list(model.labels)
-    grid = SweepGrid(tuple(args.detect_th), tuple(args.reconsider_th), tuple(args.max_iters))
-    per_fill: dict[str, dict] = {}
-    all_rows: list[dict] = []
-    traces = None
-    for fill in fills:
-        traces = traces_of(
-            engine_run(model, val, tracing_policy(max(args.max_iters), fill), args.max_batch)
-        )
-        rows = sweep(
-            val.labels, traces, grid.policies(fill, args.on_exhausted), labels, model.benign_index
-        )
-        all_rows += rows
-        per_fill[f"{fill:g}"] = {
-            "calibration_by_step": calibration_by_step(
-                val.labels, traces, max(args.max_iters), labels, model.benign_index
-            )
+def card_policy(model: LoadedModel) -> tuple[DecisionPolicy, str]:
+    """The card's operating point, or the seed's thresholds (with the card's fill) without one."""
+    if model.operating_point is None:
+        return DecisionPolicy(fill=model.fill), "seed thresholds (the card has no operating point)"
+    return DecisionPolicy(**model.operating_point.policy.model_dump()), "the card's operating point"
+
+
+def tracing_like(policy: DecisionPolicy, max_iter: int) -> DecisionPolicy:
+    """A policy that never stops early, with `policy`'s fill, head fusion and mask shape."""
+    base = policy_dict(tracing_policy(max_iter, policy.fill))
+    return DecisionPolicy(
+        **{
+            **base,
+            "head_fusion": policy.head_fusion,
+            "mask_shape": policy.mask_shape,
+            "mask_param": policy.mask_param,
         }
-    assert traces is not None
-    argmax = score(
-        val.labels, [_argmax_decision(t[0], model) for t in traces], labels, model.benign_index
     )
-    budget = float(argmax["false_alarm_rate"]) + args.far_margin
-    chosen = choose(all_rows, budget)
-    if chosen is None:
-        chosen = min(all_rows, key=lambda r: float(r["false_alarm_rate"]))
-    vanilla_rows = vanilla_curve(val.labels, traces, labels, VANILLA_THRESHOLDS, model.benign_index)
-    vanilla_tuned = choose(vanilla_rows, budget)
+
+
+def flagged(decisions: list[Decision]) -> np.ndarray:
+    return np.array([d.verdict is Verdict.THREAT for d in decisions])
+
+
+def rate_pair(flags: np.ndarray, threat: np.ndarray) -> tuple[Rate, Rate]:
+    """(recall over threat frames, false-alarm rate over benign frames) of per-frame flags."""
+    return (
+        Rate.of(int(flags[threat].sum()), int(threat.sum())),
+        Rate.of(int(flags[~threat].sum()), int((~threat).sum())),
+    )
+
+
+def curve_of(flag_matrix: np.ndarray, threat: np.ndarray) -> list[tuple[float, float]]:
+    """(false-alarm rate, recall) per column of a frames × policies flag matrix, plus (0, 0)."""
+    recall = flag_matrix[threat].mean(axis=0)
+    fa = flag_matrix[~threat].mean(axis=0)
+    return [(0.0, 0.0), *sorted(zip(fa.tolist(), recall.tolist(), strict=True))]
+
+
+def matched_fa(
+    scores: np.ndarray,
+    erasing: np.ndarray,
+    sweep: np.ndarray,
+    threat: np.ndarray,
+    rng: np.random.Generator,
+    resamples: int,
+) -> dict[str, Any]:
+    """Erasing vs vanilla at erasing's false-alarm rate, and the area between their curves.
+
+    `scores`: vanilla's threat score per frame; `erasing`: the operating point's flag per
+    frame; `sweep`: frames × detect thresholds flags of erasing's swept curve. Intervals
+    are percentile intervals of a bootstrap that resamples benign and threat frames
+    separately, recomputing every quantity (vanilla's matched recall included) each time.
+    """
+
+    def measure(rows: np.ndarray) -> tuple[float, float, float, float]:
+        t = threat[rows]
+        recall = float(erasing[rows][t].mean())
+        fa = float(erasing[rows][~t].mean())
+        vanilla = operating_curve(scores[rows], t.astype(int))
+        at = recall_at_fa(vanilla, fa)
+        area = area_between(curve_of(sweep[rows], t), vanilla, FA_MAX)
+        return recall, fa, at, area
+
+    everything = np.arange(len(threat))
+    recall, fa, vanilla_recall, area = measure(everything)
+    benign_rows, threat_rows = np.flatnonzero(~threat), np.flatnonzero(threat)
+    gains, areas = [], []
+    for _ in range(resamples):
+        rows = np.concatenate(
+            [
+                rng.choice(benign_rows, len(benign_rows)),
+                rng.choice(threat_rows, len(threat_rows)),
+            ]
+        )
+        r, _, v, a = measure(rows)
+        gains.append(r - v)
+        areas.append(a)
     return {
-        "frames": len(val),
-        "seed": val.seed,
-        "domain": val.domain,
-        "fills": fills,
-        "vanilla_argmax": argmax,
-        "far_budget": budget,
-        "chosen": chosen,
-        "vanilla_tuned": vanilla_tuned,
-        "per_fill": per_fill,
-        "sweep": all_rows,
-        "vanilla_curve": vanilla_rows,
+        "erasing_recall": recall,
+        "erasing_false_alarm": fa,
+        "vanilla_recall_at_that_fa": vanilla_recall,
+        "recall_gain": recall - vanilla_recall,
+        "recall_gain_interval": [
+            float(np.percentile(gains, 2.5)),
+            float(np.percentile(gains, 97.5)),
+        ],
+        "area_between_curves": area,
+        "area_interval": [float(np.percentile(areas, 2.5)), float(np.percentile(areas, 97.5))],
+        "area_fa_max": FA_MAX,
+        "bootstrap_resamples": resamples,
     }
 
 
-def _argmax_decision(probs: tuple[float, ...], model: LoadedModel) -> Decision:
-    top = int(np.argmax(probs))
-    if top == model.benign_index:
-        return Decision(Verdict.CLEAR, (), 0, 1)
-    return Decision(Verdict.THREAT, (top,), 0, 1)
+def sweep_flags(
+    traces: list, policy: DecisionPolicy, model: LoadedModel
+) -> tuple[np.ndarray, list[float]]:
+    """Flags of erasing replayed at each detect threshold of DETECT_SWEEP (others as `policy`)."""
+    columns, used = [], []
+    for th in DETECT_SWEEP:
+        if th <= policy.reconsider_th:
+            continue
+        swept = DecisionPolicy(**{**_full_dict(policy), "detect_th": th})
+        decisions = [replay(t, swept, model.threat_indices, model.benign_index) for t in traces]
+        columns.append(flagged(decisions))
+        used.append(th)
+    return np.stack(columns, axis=1), used
 
 
-def evaluate_domain(
+def _full_dict(policy: DecisionPolicy) -> dict[str, Any]:
+    return {**policy_dict(policy), "mask_shape": policy.mask_shape, "mask_param": policy.mask_param}
+
+
+def where_the_mask_falls(
+    model: LoadedModel, frames: FrameSet, policy: DecisionPolicy, max_batch: int
+) -> dict[str, Any]:
+    """Pointing game and mass share of the first forward's mask on threat frames with a mask."""
+    rows = [i for i in range(len(frames)) if frames.labels[i] != 0 and frames.masks[i].any()]
+    if not rows:
+        return {"frames": 0}
+    subset = FrameSet(
+        frames.images[rows],
+        frames.labels[rows],
+        frames.masks[rows],
+        frames.domain,
+        frames.seed,
+        frames.indices[rows],
+    )
+    first = tracing_like(DecisionPolicy(**{**_full_dict(policy), "mask_shape": "rollout"}), 1)
+    results = engine_run(model, subset, first, max_batch)
+    rows_hw = model.input_hw
+    patch = (rows_hw[0] / model.grid_hw[0], rows_hw[1] / model.grid_hw[1])
+    hits = 0
+    mass, area = [], []
+    for result, mask in zip(results, subset.masks, strict=True):
+        grid = result.erase_mask  # (H, W) at the model input: the first mask, resized
+        peak_r, peak_c = np.unravel_index(int(np.argmax(grid)), grid.shape)
+        ys, xs = np.nonzero(mask)
+        hits += bool(
+            ys.min() - patch[0] <= peak_r <= ys.max() + patch[0]
+            and xs.min() - patch[1] <= peak_c <= xs.max() + patch[1]
+        )
+        mass.append(float(grid[mask].sum() / grid.sum()))
+        area.append(float(mask.mean()))
+    return {
+        "frames": len(rows),
+        "pointing": Rate.of(hits, len(rows)).to_dict(),
+        "mask_mass_on_threat": float(np.mean(mass)),
+        "threat_area_share": float(np.mean(area)),
+    }
+
+
+def evaluate_set(
     model: LoadedModel,
     frames: FrameSet,
-    chosen: DecisionPolicy,
-    selection: dict,
+    policy: DecisionPolicy,
     args: argparse.Namespace,
-) -> tuple[dict, list[FrameResult], list[FrameResult]]:
-    """Score vanilla, erasing (chosen policy, real engine run) and the sweep on one held-out set."""
+    rng: np.random.Generator,
+) -> tuple[dict[str, Any], list[FrameResult], list[tuple]]:
     labels = list(model.labels)
+    threat = frames.labels != model.benign_index
     started = time.perf_counter()
-    vanilla = engine_run(model, frames, DecisionPolicy.vanilla(), args.max_batch)
-    vanilla_s = time.perf_counter() - started
-    started = time.perf_counter()
-    erasing = engine_run(model, frames, chosen, args.max_batch)
+    at_point = engine_run(model, frames, policy, args.max_batch)
     erasing_s = time.perf_counter() - started
-    traces = traces_of(
-        engine_run(model, frames, tracing_policy(max(args.max_iters), chosen.fill), args.max_batch)
-    )
-    replayed = [replay(t, chosen, model.threat_indices, model.benign_index) for t in traces]
-    agree = float(
+    steps = max(5, policy.max_iter)  # the calibration table shows five steps at least
+    traces = traces_of(engine_run(model, frames, tracing_like(policy, steps), args.max_batch))
+    replayed = [replay(t, policy, model.threat_indices, model.benign_index) for t in traces]
+    agreement = float(
         np.mean(
             [
                 (d.verdict, d.classes) == (r.verdict, r.classes)
-                for d, r in zip(replayed, erasing, strict=True)
+                for d, r in zip(replayed, at_point, strict=True)
             ]
         )
     )
-    grid = SweepGrid(tuple(args.detect_th), tuple(args.reconsider_th), tuple(args.max_iters))
-    # The seed's thresholds, capped at the traced length so it can be replayed.
-    seed_policy = DecisionPolicy(
-        max_iter=min(5, max(args.max_iters)), on_exhausted=args.on_exhausted, fill=chosen.fill
-    )
-    tuned = selection["vanilla_tuned"]
-    tuned_th = tuned["threshold"] if tuned else 0.5
-    result = {
+    scores = np.array([max(t[0][i] for i in model.threat_indices) for t in traces])
+    erasing_flags = flagged(as_decisions(at_point))
+    recall, false_alarm = rate_pair(erasing_flags, threat)
+    vanilla_argmax = np.array([int(np.argmax(t[0])) != model.benign_index for t in traces])
+    argmax_recall, argmax_fa = rate_pair(vanilla_argmax, threat)
+    sweep, thresholds = sweep_flags(traces, policy, model)
+    compared = matched_fa(scores, erasing_flags, sweep, threat, rng, args.bootstrap)
+    vanilla_curve = operating_curve(scores, threat.astype(int))
+    result: dict[str, Any] = {
         "frames": len(frames),
+        "per_class": {name: int((frames.labels == k).sum()) for k, name in enumerate(labels)},
         "seed": frames.seed,
-        "domain": frames.domain,
-        "vanilla_argmax_accuracy": argmax_accuracy(frames.labels, traces),
-        "vanilla": score(frames.labels, as_decisions(vanilla), labels, model.benign_index),
-        "erasing": score(frames.labels, as_decisions(erasing), labels, model.benign_index),
-        "vanilla_tuned": {
-            "threshold": tuned_th,
-            **score(
-                frames.labels,
-                [vanilla_at(t[0], tuned_th, model.threat_indices) for t in traces],
-                labels,
-                model.benign_index,
-            ),
+        "set": frames.domain,
+        "vanilla_argmax": {"recall": argmax_recall.to_dict(), "false_alarm": argmax_fa.to_dict()},
+        "vanilla_argmax_accuracy": float(
+            np.mean([int(np.argmax(t[0])) == y for t, y in zip(traces, frames.labels, strict=True)])
+        ),
+        "erasing": {
+            "recall": recall.to_dict(),
+            "false_alarm": false_alarm.to_dict(),
+            "by_class": score(frames.labels, as_decisions(at_point), labels, model.benign_index),
         },
-        "seed_defaults": {
-            "policy": policy_dict(seed_policy),
-            **score(
-                frames.labels,
-                [replay(t, seed_policy, model.threat_indices, model.benign_index) for t in traces],
-                labels,
-                model.benign_index,
-            ),
-        },
-        "replay_agreement": agree,
-        "seconds": {"vanilla": round(vanilla_s, 2), "erasing": round(erasing_s, 2)},
+        "matched": compared,
+        "replay_agreement": agreement,
+        "erasing_seconds": round(erasing_s, 2),
         "calibration_by_step": calibration_by_step(
-            frames.labels, traces, max(args.max_iters), labels, model.benign_index
+            frames.labels, traces, steps, labels, model.benign_index
         ),
-        "sweep": sweep(
-            frames.labels,
-            traces,
-            grid.policies(chosen.fill, args.on_exhausted),
-            labels,
-            model.benign_index,
-        ),
-        "vanilla_curve": vanilla_curve(
-            frames.labels, traces, labels, VANILLA_THRESHOLDS, model.benign_index
-        ),
+        "curves": {
+            "vanilla": vanilla_curve,
+            "erasing_swept": curve_of(sweep, threat),
+            "erasing_swept_detect_th": thresholds,
+        },
+        "mask": where_the_mask_falls(model, frames, policy, args.max_batch),
     }
-    return result, vanilla, erasing
+    extra = model.operating_point.model_extra if model.operating_point is not None else None
+    shapes = (extra or {}).get("per_shape", {})
+    if shapes and not args.no_shapes:
+        result["shapes"] = compare_shapes(model, frames, shapes, scores, threat, args, rng)
+    return result, at_point, traces
+
+
+def compare_shapes(
+    model: LoadedModel,
+    frames: FrameSet,
+    shapes: dict[str, Any],
+    scores: np.ndarray,
+    threat: np.ndarray,
+    args: argparse.Namespace,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Each mask shape's calibrated policy on these frames, against vanilla at its false-alarm rate."""
+    out = {}
+    for name, entry in shapes.items():
+        policy = DecisionPolicy(**entry["policy"])
+        traces = traces_of(
+            engine_run(model, frames, tracing_like(policy, policy.max_iter), args.max_batch)
+        )
+        decisions = [replay(t, policy, model.threat_indices, model.benign_index) for t in traces]
+        flags = flagged(decisions)
+        sweep, _ = sweep_flags(traces, policy, model)
+        recall, false_alarm = rate_pair(flags, threat)
+        out[name] = {
+            "policy": entry["policy"],
+            "recall": recall.to_dict(),
+            "false_alarm": false_alarm.to_dict(),
+            "matched": matched_fa(scores, flags, sweep, threat, rng, max(args.bootstrap // 4, 50)),
+        }
+    return out
 
 
 def montage_rows(
     model: LoadedModel,
     frames: FrameSet,
     policy: DecisionPolicy,
-    vanilla: list[FrameResult],
-    erasing: list[FrameResult],
+    at_point: list[FrameResult],
+    traces: list[tuple],
     args: argparse.Namespace,
 ) -> list[dict]:
-    """One row per class: preferably a frame erasing got right and vanilla did not."""
+    """One row per class: preferably a frame erasing got right and plain argmax did not."""
     rows = []
     for cls, name in enumerate(model.labels):
         members = [i for i in range(len(frames)) if frames.labels[i] == cls]
@@ -271,13 +373,16 @@ def montage_rows(
                 else r.verdict is Verdict.CLEAR
             )
 
+        def argmax_right(i: int, c: int = cls) -> bool:
+            return int(np.argmax(traces[i][0])) == c
+
         wins = [
             i
             for i in members
-            if right(erasing[i]) and not right(vanilla[i]) and erasing[i].iterations > 1
+            if right(at_point[i]) and not argmax_right(i) and at_point[i].iterations > 1
         ]
-        pick = (wins or [i for i in members if erasing[i].iterations > 1] or members)[0]
-        steps = max(erasing[pick].iterations, 1)
+        pick = (wins or [i for i in members if at_point[i].iterations > 1] or members)[0]
+        steps = max(at_point[pick].iterations, 1)
         single = FrameSet(
             frames.images[pick : pick + 1],
             frames.labels[pick : pick + 1],
@@ -287,20 +392,19 @@ def montage_rows(
             frames.indices[pick : pick + 1],
         )
         original = frames.images[pick].astype(np.float32) / 255.0
-        images, probs = [frames.images[pick]], [erasing[pick].trace[0]]
+        images, probs = [frames.images[pick]], [at_point[pick].trace[0]]
         for k in range(1, steps + 1):
-            result = engine_run(model, single, tracing_policy(k, policy.fill), 1)[0]
+            result = engine_run(model, single, tracing_like(policy, k), 1)[0]
             if result.iterations < k:
                 break
             cumulative = result.erase_mask[..., None]
             erased = policy.fill + (original - policy.fill) * cumulative  # x_k − f = (x_0 − f)·∏m
             images.append(np.clip(erased * 255.0 + 0.5, 0, 255).astype(np.uint8))
             probs.append(result.trace[-1])
-        verdict = erasing[pick]
+        verdict = at_point[pick]
         title = (
-            f"{frames.domain} frame {int(frames.indices[pick])} (true: {name}); vanilla: "
-            f"{_verdict_text(vanilla[pick], model)}; erasing: {_verdict_text(verdict, model)} "
-            f"after {verdict.iterations} step(s)"
+            f"{frames.domain} frame {int(frames.indices[pick])} (true: {name}); "
+            f"erasing: {_verdict_text(verdict, model)} after {verdict.iterations} step(s)"
         )
         rows.append({"title": title, "images": images, "probs": probs})
     return rows
@@ -312,83 +416,96 @@ def _verdict_text(result: FrameResult, model: LoadedModel) -> str:
     return result.verdict.value
 
 
-def generator_speed(frames_each: int) -> dict[str, float]:
-    """Frames per second of the synthetic scanner on this process's one thread, per domain."""
-    speeds: dict[str, float] = {}
-    if frames_each <= 0:
-        return speeds
-    for domain in ("source", "target"):
-        scanner = SyntheticScanner(domain, seed=99, size=DEFAULT_SIZE)
-        started = time.perf_counter()
-        for index in range(frames_each):
-            scanner.frame(index)
-        speeds[domain] = round(frames_each / (time.perf_counter() - started), 1)
-    return speeds
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
     started = time.monotonic()
+    try:
+        specs = [parse_data_spec(text) for text in args.data]
+    except ValueError as exc:
+        raise SystemExit(f"python -m worker.training.evaluate: {exc}") from None
     model = load_model(args.card)
-    fills = args.fills if args.fills is not None else sorted({1.0, 0.0, model.fill}, reverse=True)
-    input_hw = model.input_hw
-    val = generate_set("target", args.val_seed, args.val_per_class, input_hw)
-    selection = select_policy(model, val, args, fills)
-    chosen = DecisionPolicy(**{k: v for k, v in selection["chosen"]["policy"].items()})
-    print(f"chosen on validation: {policy_dict(chosen)}", flush=True)
-    domains: dict[str, dict] = {}
-    figures = []
+    policy, policy_source = card_policy(model)
+    print(f"policy ({policy_source}): {_full_dict(policy)}", flush=True)
+    rng = np.random.default_rng(20261202)
+    sets: dict[str, Any] = {}
+    figures: dict[str, Any] = {}
     rows: list[dict] = []
-    for domain in args.domains:
-        frames = generate_set(domain, args.test_seed, args.per_class, input_hw)
-        result, vanilla, erasing = evaluate_domain(model, frames, chosen, selection, args)
-        domains[domain] = result
+    args.out.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        frames = load_or_exit(
+            "worker.training.evaluate", spec, args.test_seed, model.input_hw, model.labels
+        )
+        name = spec.kind if spec.folder is None else str(spec)
+        result, at_point, traces = evaluate_set(model, frames, policy, args, rng)
+        sets[name] = result
+        matched = result["matched"]
         print(
-            f"{domain}: vanilla {json.dumps(result['vanilla'])}\n{domain}: erasing {json.dumps(result['erasing'])}",
+            f"{name}: erasing recall {Rate.of(**_counts(result['erasing']['recall']))}, "
+            f"false alarms {Rate.of(**_counts(result['erasing']['false_alarm']))}; "
+            f"vanilla at that rate {100 * matched['vanilla_recall_at_that_fa']:.1f} %, "
+            f"gain {100 * matched['recall_gain']:+.1f} points "
+            f"[{100 * matched['recall_gain_interval'][0]:+.1f}, {100 * matched['recall_gain_interval'][1]:+.1f}]",
             flush=True,
         )
-        figures.append(
-            {
-                "title": f"{domain} domain, held-out seed {args.test_seed}",
-                "sweep": result["sweep"],
-                "vanilla": result["vanilla_curve"],
-                "argmax": result["vanilla"],
-                "chosen": result["erasing"],
-            }
+        e = result["erasing"]
+        figures[name] = (
+            result["curves"],
+            (
+                e["false_alarm"]["value"],
+                e["recall"]["value"],
+                (e["false_alarm"]["low"], e["false_alarm"]["high"]),
+                (e["recall"]["low"], e["recall"]["high"]),
+            ),
         )
-        if domain == args.domains[0]:
-            rows = montage_rows(model, frames, chosen, vanilla, erasing, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    sweep_plot(args.out / "sweep.png", figures)
-    montage(args.out / "montage.png", rows, model.labels)
+        if not rows and spec.kind in ("target", "foreign", "imagefolder"):
+            rows = montage_rows(model, frames, policy, at_point, traces, args)
+    for name, (curves, point) in figures.items():
+        plot_operating_curves(
+            args.out / f"curves-{name.replace(':', '_').replace('/', '_')}.png",
+            {
+                "vanilla (threshold swept)": curves["vanilla"],
+                "erasing (detect_th swept)": curves["erasing_swept"],
+            },
+            {"erasing at the operating point": point},
+            f"{args.name or model.model_id}: {name}",
+            fa_max=FA_MAX,
+        )
+    if rows:
+        montage(args.out / "montage.png", rows, model.labels)
     report = {
         "command": "python -m worker.training.evaluate "
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "model": {
+            "name": args.name or model.model_id,
             "card": str(args.card),
-            "name": model.model_id,
+            "id": model.model_id,
             "sha256": model.checksum,
-            "card_fill": model.fill,
-            "input_hw": list(input_hw),
+            "input_hw": list(model.input_hw),
         },
-        "chosen_policy": policy_dict(chosen),
-        "validation": selection,
-        "held_out": domains,
-        "generator_frames_per_s_one_core": generator_speed(args.speed_frames),
+        "policy": _full_dict(policy),
+        "policy_source": policy_source,
+        "operating_point": model.operating_point.model_dump(mode="json")
+        if model.operating_point
+        else None,
+        "sets": sets,
         "environment": {
             "torch": torch.__version__,
-            "threads": args.threads,
+            "threads": torch.get_num_threads(),
             "machine": platform.machine(),
             "python": platform.python_version(),
         },
         "wall_time_s": round(time.monotonic() - started, 1),
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-    write_report(args.out / "REPORT.md", report)
-    print(f"wrote {args.out / 'REPORT.md'} after {report['wall_time_s']}s", flush=True)
+    print(f"wrote {args.out / 'results.json'} after {report['wall_time_s']}s", flush=True)
     return 0
+
+
+def _counts(rate: dict[str, Any]) -> dict[str, int]:
+    return {"successes": rate["successes"], "trials": rate["trials"]}
 
 
 if __name__ == "__main__":

@@ -1,164 +1,292 @@
-"""PNG figures for the evaluation report, drawn with OpenCV: the sweep plot and the erasing montage."""
+"""PNG figures for the evaluation report: operating points and curves, rates, the erasing montage.
+
+matplotlib is an optional extra (`scanguard[eval]`), imported only when a figure is
+drawn. Figures are built on the Agg canvas directly rather than through pyplot, so
+drawing one neither opens a window nor changes the process's backend or figure registry.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
+from worker.training.metrics import Rate, wilson_interval
 
-_WHITE = (255, 255, 255)
-_BLACK = (0, 0, 0)
-_GREY = (200, 200, 200)
-# BGR colours per max_iter for erasing points, and for the baselines.
-_ITER_COLOURS = {
-    1: (230, 160, 60),
-    2: (60, 180, 230),
-    3: (60, 170, 60),
-    4: (200, 80, 200),
-    5: (40, 40, 220),
-}
-_VANILLA = (90, 90, 90)
-_CHOSEN = (0, 0, 0)
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+# 110 dpi keeps a two-panel chart near 1300 px wide and under 100 KB. A montage stays
+# lossless (colour encodes material), so it costs about 40 KB a tile at scale 2.
+_DPI = 110
+_VANILLA = "0.35"
+_CHOSEN = "black"
+_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+FA_LABEL = "false-alarm rate (benign frames called threat)"
+
+Interval = tuple[float, float]
+OperatingPoint = tuple[float, float, Interval, Interval]  # fa, recall, fa interval, recall interval
 
 
-def _text(
-    img: np.ndarray,
-    text: str,
-    org: tuple[int, int],
-    scale: float = 0.45,
-    colour=_BLACK,
-    thick: int = 1,
+def _new_figure(**kwargs: Any) -> Figure:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: install scanguard[eval] for plots") from exc
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _percent_axes(ax: Axes, x: bool = True, y: bool = True) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    if x:
+        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    if y:
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    ax.grid(True, alpha=0.35)
+
+
+def _save(figure: Figure, path: Path) -> None:
+    figure.savefig(path, dpi=_DPI, format="png")
+
+
+def _error(value: float, interval: Interval) -> list[list[float]]:
+    """matplotlib's asymmetric error (below, above) of one point; never negative."""
+    low, high = interval
+    return [[max(0.0, value - low)], [max(0.0, high - value)]]
+
+
+def _fa_interval(row: Mapping[str, Any], confidence: float | None) -> Interval | None:
+    """Wilson interval of a row's false-alarm rate, when the row carries its counts."""
+    if confidence is None or "benign_frames" not in row or "false_alarms" not in row:
+        return None
+    return wilson_interval(int(row["false_alarms"]), int(row["benign_frames"]), confidence)
+
+
+def _sweep_panel(
+    ax: Axes, panel: Mapping[str, Any], far_max: float, confidence: float | None
 ) -> None:
-    cv2.putText(img, text, org, _FONT, scale, colour, thick, cv2.LINE_AA)
-
-
-def _panel(
-    img: np.ndarray,
-    box: tuple[int, int, int, int],
-    title: str,
-    sweep_rows: Sequence[dict],
-    vanilla_rows: Sequence[dict],
-    argmax_point: dict,
-    chosen: dict | None,
-    far_max: float,
-) -> None:
-    x0, y0, x1, y1 = box
-    left, bottom = x0 + 60, y1 - 45
-    right, top = x1 - 15, y0 + 35
-    _text(img, title, (x0 + 200, y0 + 22), 0.55, thick=1)
-
-    def to_px(far: float, recall: float) -> tuple[int, int]:
-        px = left + (right - left) * min(far / far_max, 1.0)
-        py = bottom - (bottom - top) * recall
-        return round(px), round(py)
-
-    for k in range(6):
-        rec = k / 5
-        py = to_px(0, rec)[1]
-        cv2.line(img, (left, py), (right, py), _GREY, 1)
-        _text(img, f"{rec:.1f}", (left - 35, py + 5), 0.4)
-        far = far_max * k / 5
-        px = to_px(far, 0)[0]
-        cv2.line(img, (px, top), (px, bottom), _GREY, 1)
-        _text(img, f"{far:.2f}", (px - 15, bottom + 18), 0.4)
-    cv2.rectangle(img, (left, top), (right, bottom), _BLACK, 1)
-    _text(img, "false-alarm rate (benign frames called threat)", (left + 40, bottom + 38), 0.45)
-    _text(img, "mean threat recall", (x0 + 8, top - 14), 0.42)
-
-    for row in sweep_rows:
-        colour = _ITER_COLOURS.get(int(row["policy"]["max_iter"]), _BLACK)
-        cv2.circle(
-            img, to_px(row["false_alarm_rate"], row["mean_recall"]), 3, colour, -1, cv2.LINE_AA
+    by_iter: dict[int, list[Mapping[str, Any]]] = {}
+    for row in panel["sweep"]:
+        by_iter.setdefault(int(row["policy"]["max_iter"]), []).append(row)
+    for max_iter, rows in sorted(by_iter.items()):
+        ax.scatter(
+            [r["false_alarm_rate"] for r in rows],
+            [r["mean_recall"] for r in rows],
+            s=14,
+            color=f"C{(max_iter - 1) % 10}",
+            label=f"erasing, max_iter={max_iter}",
+            zorder=2,
         )
-    curve = sorted(vanilla_rows, key=lambda r: r["false_alarm_rate"])
-    pts = np.array([to_px(r["false_alarm_rate"], r["mean_recall"]) for r in curve], np.int32)
-    cv2.polylines(img, [pts], False, _VANILLA, 2, cv2.LINE_AA)
-    for p in pts:
-        cv2.circle(img, tuple(int(v) for v in p), 3, _VANILLA, -1, cv2.LINE_AA)
-    ax, ay = to_px(argmax_point["false_alarm_rate"], argmax_point["mean_recall"])
-    cv2.rectangle(img, (ax - 6, ay - 6), (ax + 6, ay + 6), _VANILLA, 2)
-    if chosen is not None:
-        cx, cy = to_px(chosen["false_alarm_rate"], chosen["mean_recall"])
-        cv2.drawMarker(img, (cx, cy), _CHOSEN, cv2.MARKER_STAR, 18, 2, cv2.LINE_AA)
+    curve = sorted(panel["vanilla"], key=lambda r: r["false_alarm_rate"])
+    ax.plot(
+        [r["false_alarm_rate"] for r in curve],
+        [r["mean_recall"] for r in curve],
+        marker="o",
+        markersize=3,
+        color=_VANILLA,
+        linewidth=1.5,
+        label="vanilla, threshold swept",
+        zorder=3,
+    )
+    marked = [(panel["argmax"], "s", _VANILLA, "vanilla argmax")]
+    if panel.get("chosen") is not None:
+        marked.append((panel["chosen"], "*", _CHOSEN, "chosen on validation"))
+    for row, marker, colour, label in marked:
+        fa, recall = float(row["false_alarm_rate"]), float(row["mean_recall"])
+        interval = _fa_interval(row, confidence)
+        ax.errorbar(
+            fa,
+            recall,
+            xerr=None if interval is None else _error(fa, interval),
+            marker=marker,
+            markersize=11 if marker == "*" else 8,
+            markerfacecolor="none" if marker == "s" else colour,
+            color=colour,
+            capsize=3,
+            linestyle="none",
+            label=label,
+            zorder=4,
+        )
+    ax.set_xlim(0.0, far_max)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(panel["title"], fontsize=10)
+    ax.set_xlabel(FA_LABEL)
+    _percent_axes(ax)
 
 
-def sweep_plot(path: Path, panels: Sequence[dict]) -> None:
+def sweep_plot(path: Path, panels: Sequence[dict], confidence: float | None = 0.95) -> None:
     """Recall vs false-alarm rate: erasing sweep points, vanilla threshold curve, argmax, chosen policy.
 
     Each panel dict: title, sweep (rows), vanilla (rows), argmax (row), chosen (row or None).
+    The argmax and chosen points get a Wilson interval (at `confidence`; None for none) on
+    their false-alarm rate when their rows carry `false_alarms` and `benign_frames`. Mean
+    recall averages per-class rates, so it is not a share of trials and gets no interval.
     """
-    width, height = max(620 * len(panels), 1300), 560
-    img = np.full((height, width, 3), 255, np.uint8)
-    far_max = max(
-        0.05,
-        min(
-            1.0,
-            1.1
-            * max(
-                max(float(r["false_alarm_rate"]) for r in [*p["sweep"], *p["vanilla"], p["argmax"]])
-                for p in panels
-            ),
-        ),
+    if not panels:
+        raise ValueError("sweep_plot needs at least one panel")
+    largest = max(
+        float(r["false_alarm_rate"])
+        for p in panels
+        for r in [*p["sweep"], *p["vanilla"], p["argmax"]]
     )
-    for i, panel in enumerate(panels):
-        _panel(
-            img,
-            (620 * i, 0, 620 * (i + 1), height - 60),
-            panel["title"],
-            panel["sweep"],
-            panel["vanilla"],
-            panel["argmax"],
-            panel.get("chosen"),
-            far_max,
-        )
-    y = height - 22
-    x = 20
-    for k, colour in _ITER_COLOURS.items():
-        cv2.circle(img, (x, y - 4), 5, colour, -1, cv2.LINE_AA)
-        _text(img, f"erasing, max_iter={k}", (x + 10, y), 0.42)
-        x += 150
-    cv2.line(img, (x, y - 4), (x + 25, y - 4), _VANILLA, 2)
-    _text(img, "vanilla, threshold swept", (x + 30, y), 0.42)
-    x += 200
-    cv2.rectangle(img, (x, y - 10), (x + 12, y + 2), _VANILLA, 2)
-    _text(img, "vanilla argmax", (x + 18, y), 0.42)
-    x += 130
-    cv2.drawMarker(img, (x + 6, y - 4), _CHOSEN, cv2.MARKER_STAR, 14, 2)
-    _text(img, "chosen on validation", (x + 18, y), 0.42)
-    cv2.imwrite(str(path), img)
+    far_max = max(0.05, min(1.0, 1.1 * largest))
+    figure = _new_figure(figsize=(max(5.6 * len(panels), 11.0), 5.4), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        _sweep_panel(ax, panel, far_max, confidence)
+    axes[0].set_ylabel("mean threat recall")
+    legend: dict[str, Any] = {}  # label → handle, first panel first, so no entry repeats
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    figure.legend(
+        list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 4)
+    )
+    _save(figure, path)
 
 
 def montage(path: Path, rows: Sequence[dict], labels: Sequence[str], scale: int = 2) -> None:
     """Original → each erasing step, with the class probabilities under every image.
 
     Each row dict: title (str), images (list of (H, W, 3) uint8 RGB, original first),
-    probs (list of probability vectors, one per image).
+    probs (list of probability vectors, one per image). Tiles are `scale` times the image
+    size; nothing is written when there are no rows.
     """
     if not rows:
         return
-    height, width = rows[0]["images"][0].shape[:2]
-    tile_w, tile_h = width * scale, height * scale
-    text_h = 18 * len(labels) + 8
-    columns = max(len(r["images"]) for r in rows)
-    pad = 8
-    canvas_h = len(rows) * (tile_h + text_h + 24 + pad) + pad
-    canvas_w = columns * (tile_w + pad) + pad
-    img = np.full((canvas_h, canvas_w, 3), 255, np.uint8)
-    y = pad
     for row in rows:
-        _text(img, row["title"], (pad, y + 16), 0.5)
-        y += 24
-        for col, (image, probs) in enumerate(zip(row["images"], row["probs"], strict=True)):
-            x = pad + col * (tile_w + pad)
-            big = cv2.resize(image, (tile_w, tile_h), interpolation=cv2.INTER_NEAREST)
-            img[y : y + tile_h, x : x + tile_w] = cv2.cvtColor(big, cv2.COLOR_RGB2BGR)
-            _text(
-                img, "original" if col == 0 else f"step {col}", (x + 4, y + 14), 0.45, (0, 0, 160)
+        if len(row["images"]) != len(row["probs"]):
+            raise ValueError(
+                f"montage row {row['title']!r} has {len(row['images'])} images but "
+                f"{len(row['probs'])} probability vectors"
             )
-            for k, name in enumerate(labels):
-                _text(img, f"P({name}) = {probs[k]:.3f}", (x + 4, y + tile_h + 16 + 18 * k), 0.45)
-        y += tile_h + text_h + pad
-    cv2.imwrite(str(path), img)
+    height, width = rows[0]["images"][0].shape[:2]
+    columns = max(len(r["images"]) for r in rows)
+    tile_w, tile_h = width * scale / _DPI, height * scale / _DPI  # inches
+    text_h = 0.2 * len(labels) + 0.45  # probabilities under a tile, and its step title
+    figure = _new_figure(
+        figsize=(columns * tile_w + 0.3, len(rows) * (tile_h + text_h + 0.35)),
+        layout="constrained",
+    )
+    subfigures = figure.subfigures(len(rows), 1, squeeze=False)[:, 0]
+    for subfigure, row in zip(subfigures, rows, strict=True):
+        subfigure.suptitle(row["title"], x=0.01, ha="left", fontsize=9)
+        axes = subfigure.subplots(1, columns, squeeze=False)[0]
+        for col, ax in enumerate(axes):
+            if col >= len(row["images"]):
+                ax.axis("off")
+                continue
+            image, probs = row["images"][col], row["probs"][col]
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+            ax.set_title("original" if col == 0 else f"step {col}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(
+                "\n".join(f"P({name}) = {probs[k]:.3f}" for k, name in enumerate(labels)),
+                fontsize=8,
+            )
+    _save(figure, path)
+
+
+def plot_operating_curves(
+    path: Path,
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    points: Mapping[str, OperatingPoint],
+    title: str,
+    fa_max: float | None = None,
+) -> None:
+    """Swept curves as steps and single operating points with 2-D interval bars, recall vs false alarms.
+
+    Args:
+        path: where the PNG goes.
+        curves: name → (false-alarm rate, recall) points, e.g. from `operating_curve`;
+            drawn as steps, since between two thresholds the classifier stays at the
+            lower point.
+        points: name → (false-alarm rate, recall, its interval, recall's interval).
+        title: the figure's title.
+        fa_max: right end of the false-alarm axis; by default a little beyond the
+            widest point interval (at least 5 %), or all of [0, 1] without points.
+    """
+    if fa_max is None:
+        widest = max((fa_iv[1] for _, _, fa_iv, _ in points.values()), default=None)
+        fa_max = 1.0 if widest is None else min(1.0, max(0.05, 1.2 * widest))
+    figure = _new_figure(figsize=(7.0, 5.4), layout="constrained")
+    ax = figure.subplots()
+    for k, (name, curve) in enumerate(curves.items()):
+        fas, recalls = zip(*sorted(curve), strict=True) if curve else ((), ())
+        ax.step(fas, recalls, where="post", color=f"C{k % 10}", linewidth=1.5, label=name)
+    for k, (name, (fa, recall, fa_iv, recall_iv)) in enumerate(points.items()):
+        ax.errorbar(
+            fa,
+            recall,
+            xerr=_error(fa, fa_iv),
+            yerr=_error(recall, recall_iv),
+            marker=_MARKERS[k % len(_MARKERS)],
+            markersize=8,
+            color=f"C{(len(curves) + k) % 10}",
+            capsize=3,
+            linestyle="none",
+            label=name,
+            zorder=3,
+        )
+    ax.set_xlim(0.0, fa_max)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_title(title)
+    ax.set_xlabel(FA_LABEL)
+    ax.set_ylabel("threat recall (threat frames called threat)")
+    _percent_axes(ax)
+    if curves or points:
+        ax.legend(loc="lower right", fontsize=8)
+    _save(figure, path)
+
+
+def plot_rates(
+    path: Path, groups: Mapping[str, Mapping[str, Rate]], title: str, ylabel: str
+) -> None:
+    """Grouped bars of rates with their Wilson intervals, e.g. per domain: vanilla vs erasing recall.
+
+    Each group (outer key) is one cluster on the x axis, each series (inner key) one bar
+    colour; a series missing from a group, or a rate without trials, leaves a gap.
+    """
+    series = list(dict.fromkeys(name for rates in groups.values() for name in rates))
+    figure = _new_figure(
+        figsize=(max(5.0, 1.2 + 0.9 * len(groups) * max(len(series), 1)), 4.6),
+        layout="constrained",
+    )
+    ax = figure.subplots()
+    width = 0.8 / max(len(series), 1)
+    for j, name in enumerate(series):
+        xs, rates = [], []
+        for i, rates_of_group in enumerate(groups.values()):
+            rate = rates_of_group.get(name)
+            x = i + (j - (len(series) - 1) / 2) * width
+            if rate is not None and rate.trials:
+                xs.append(x)
+                rates.append(rate)
+            elif rate is not None:
+                ax.text(x, 0.015, "no data", ha="center", rotation=90, fontsize=7)
+        ax.bar(
+            xs,
+            [r.value for r in rates],
+            width * 0.92,
+            yerr=[[r.value - r.low for r in rates], [r.high - r.value for r in rates]],
+            capsize=3,
+            color=f"C{j % 10}",
+            label=name,
+        )
+        for x, rate in zip(xs, rates, strict=True):
+            ax.text(x, rate.high + 0.015, f"{100 * rate.value:.0f}%", ha="center", fontsize=7)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylim(0.0, 1.12)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    _percent_axes(ax, x=False)
+    ax.grid(False, axis="x")
+    if series:
+        ax.legend(loc="upper left", fontsize=8, ncols=min(len(series), 4))
+    _save(figure, path)

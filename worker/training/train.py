@@ -1,12 +1,19 @@
-"""Train the demo model: a small ViT with a [class] token, on source-domain synthetic scans.
+"""Train the demo model: a small ViT with a [class] token, on synthetic or the user's scans.
 
     python -m worker.training.train --out models/scanguard-demo
+    python -m worker.training.train --train-data source:10000      # the source-only model
+    python -m worker.training.train --train-data imagefolder:scans/train \
+        --val-data imagefolder:scans/val --init models/scanguard-demo --epochs 3
 
-Trains from scratch, on the CPU by default (`--device cuda` for a GPU), with the forward
-and loss autocast to bf16 (`--precision fp32` on CPUs without native bf16). Besides clean
-frames, the model sees frames after zero to three erasing steps that spare the object (or,
-on benign frames, some dense clutter), so its probabilities stay meaningful on the images
-iterative erasing makes.
+The default recipe mixes plain "source" frames with the "randomised" domain (a new
+scanner look per frame: palette, physics, detector, display), so that the model holds on
+scanners it was not trained on. Trains from scratch, or from `--init` (a card folder, a
+card.json or a .safetensors of any timm ViT with a [class] token; the head is replaced
+when the labels differ), on the CPU by default (`--device cuda` for a GPU), with the
+forward and loss autocast to bf16 (`--precision fp32` on CPUs without native bf16).
+Besides clean frames, the model sees frames after zero to three erasing steps that spare
+the object (or, on benign frames, some dense clutter), so its probabilities stay
+meaningful on the images iterative erasing makes.
 Writes `model.safetensors` and `card.json` (worker.engine.model.ModelCard) into `--out`.
 """
 
@@ -33,11 +40,23 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from producer.synthetic import DEFAULT_SIZE, LABELS
+from worker.engine.attention import AttentionRecorder, rollout_class_row
 from worker.engine.model import sha256_file
-from worker.training.data import FrameSet, cached_set, erase_augment, spare_points
+from worker.training.data import (
+    FOREIGN,
+    FrameSet,
+    concat_sets,
+    erase_augment,
+    load_or_exit,
+    parse_data_spec,
+    spare_points,
+)
 
 TIMM_NAME = "vit_tiny_patch16_224"
 MAX_CHECKPOINT_BYTES = 12 * 1024 * 1024
+
+
+PROG = "worker.training.train"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,13 +74,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation"
     )
     parser.add_argument(
+        "--train-data",
+        nargs="+",
+        default=["source:3000", "randomised:12000"],
+        metavar="SPEC",
+        help="training frames: DOMAIN:PER_CLASS (source, target, randomised) or imagefolder:DIR",
+    )
+    parser.add_argument(
         "--train-seed", type=int, default=1, help="scanner seed of the training frames"
     )
-    parser.add_argument("--train-per-class", type=int, default=10000)
     parser.add_argument(
-        "--val-seed", type=int, default=2, help="scanner seed of the source validation frames"
+        "--val-data",
+        nargs="+",
+        default=["source:200", "randomised:200"],
+        metavar="SPEC",
+        help="validation frames, scored each epoch per spec (same forms as --train-data)",
     )
-    parser.add_argument("--val-per-class", type=int, default=200)
+    parser.add_argument(
+        "--val-seed", type=int, default=2, help="scanner seed of the validation frames"
+    )
     parser.add_argument(
         "--input-size", type=int, nargs=2, default=(128, 160), metavar=("ROWS", "COLS")
     )
@@ -95,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--erase-prob", type=float, default=0.6, help="share of samples given 1-3 erasing steps"
     )
     parser.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        help="weight of the attention-guidance loss that pulls the [class] rollout onto the "
+        "threat's mask (synthetic frames carry masks); 0 trains without it",
+    )
+    parser.add_argument(
         "--fill",
         type=float,
         default=1.0,
@@ -124,10 +162,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="processes that generate the frame sets (the sets do not depend on it)",
     )
     parser.add_argument(
-        "--init-from",
+        "--init",
         type=Path,
         default=None,
-        help="continue from this .safetensors checkpoint (its card.json, if beside it, is recorded)",
+        help="start from this model: a card folder, a card.json or a .safetensors (with the "
+        "size flags' architecture); a new head is made when its labels differ from --labels",
+    )
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        default=list(LABELS),
+        help="class names, benign first (an imagefolder has one sub-folder per label)",
     )
     parser.add_argument(
         "--cache-dir",
@@ -139,20 +184,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
-    """The timm ViT and the kwargs that rebuild it (the card's timm_kwargs)."""
-    kwargs: dict[str, Any] = {
-        "img_size": list(args.input_size),
-        "patch_size": args.patch,
-        "embed_dim": args.embed_dim,
-        "depth": args.depth,
-        "num_heads": args.heads,
-        "global_pool": "token",
-        "class_token": True,
-    }
+    """The timm ViT to train and the kwargs that rebuild it (the card's timm_kwargs).
+
+    From scratch with the size flags, or from `--init`; sets `args.timm_name` and
+    `args.input_size` to the initial card's when it has one.
+    """
+    if args.init is not None:
+        return load_initial(args)
+    kwargs = _scratch_kwargs(args)
     model = timm.create_model(
         args.timm_name,
         pretrained=False,
-        num_classes=len(LABELS),
+        num_classes=len(args.labels),
         drop_path_rate=args.drop_path,
         **kwargs,
     )
@@ -176,6 +219,9 @@ class Trainer:
         grid: Any = model.patch_embed.grid_size  # type: ignore[union-attr]
         self.grid_hw = (int(grid[0]), int(grid[1]))
         self.gen = torch.Generator().manual_seed(args.seed)
+        self.num_prefix_tokens = int(model.num_prefix_tokens)  # type: ignore[arg-type]
+        # Attention guidance reads every block's attention, so only then is it made explicit.
+        self.recorder = AttentionRecorder(model) if args.guidance > 0 else None
         self.order_rng = np.random.default_rng(args.seed)
         decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
         rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
@@ -212,8 +258,11 @@ class Trainer:
 
     def augment(
         self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        """Random flips, then 0-3 erasing steps sparing the object (or dense benign matter)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random flips, then 0-3 erasing steps sparing the object (or dense benign matter).
+
+        Returns the images and the threat masks, flipped with them.
+        """
         batch = len(labels)
         args = self.args
         flip_h = (torch.rand(batch, generator=self.gen) < 0.5).to(self.device)
@@ -227,7 +276,7 @@ class Trainer:
         alt = torch.rand(batch, generator=self.gen) < args.alt_fill_prob
         fills = torch.where(alt, torch.tensor(args.alt_fill), torch.tensor(args.fill))
         keep_at = spare_points(images, masks, labels, self.gen)
-        return erase_augment(images, keep_at, steps, fills, self.grid_hw, self.gen)
+        return erase_augment(images, keep_at, steps, fills, self.grid_hw, self.gen), masks
 
     def epoch(self, number: int, started: float) -> None:
         self.model.train()
@@ -237,12 +286,21 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             rows = np.sort(order[step * self.args.batch : (step + 1) * self.args.batch])
             images, masks, labels = self.batch_tensors(rows, self.train)
-            images = self.augment(images, masks, labels)
+            images, masks = self.augment(images, masks, labels)
             for group in self.opt.param_groups:
                 group["lr"] = self._lr()
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
-                logits = self.model((images - self.mean) / self.std)
+                if self.recorder is None:
+                    logits = self.model((images - self.mean) / self.std)
+                else:
+                    with self.recorder.recording():
+                        logits = self.model((images - self.mean) / self.std)
                 loss = F.cross_entropy(logits, labels, label_smoothing=self.args.label_smoothing)
+            if self.recorder is not None:
+                guide = guidance_loss(
+                    self.recorder.take(), masks, labels, self.num_prefix_tokens, self.grid_hw
+                )
+                loss = loss + self.args.guidance * guide
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -291,16 +349,93 @@ class Trainer:
         }
 
 
-def load_initial(model: nn.Module, checkpoint: Path) -> dict[str, Any]:
-    """Load a checkpoint to continue from; return what the card records about it."""
+def guidance_loss(
+    maps: list[torch.Tensor],
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    num_prefix_tokens: int,
+    grid_hw: tuple[int, int],
+) -> torch.Tensor:
+    """−log of the share of the [class] rollout that falls on patches the threat touches.
+
+    The rollout is the one the engine erases with (`attention.rollout_class_row`), kept
+    differentiable; benign frames and frames whose threat mask is empty (a user's folder
+    has no masks) add nothing. Minimising it pulls the attention onto the threat.
+    """
+    row = rollout_class_row(maps)[:, num_prefix_tokens:]  # (B, patches)
+    share = row / row.sum(dim=1, keepdim=True)
+    on = F.adaptive_avg_pool2d(masks[:, None].float(), grid_hw).flatten(1) > 0  # (B, patches)
+    guided = (labels > 0) & on.any(dim=1)
+    if not bool(guided.any()):
+        return share.sum() * 0.0  # keeps the graph (and the loss's device) without a term
+    mass = (share * on).sum(dim=1).clamp_min(1e-6)
+    return -mass[guided].log().mean()
+
+
+def _scratch_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "img_size": list(args.input_size),
+        "patch_size": args.patch,
+        "embed_dim": args.embed_dim,
+        "depth": args.depth,
+        "num_heads": args.heads,
+        "global_pool": "token",
+        "class_token": True,
+    }
+
+
+def load_initial(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    """The `--init` model, with a fresh head when its labels are not `--labels`."""
     from safetensors.torch import load_file
 
-    record: dict[str, Any] = {"checkpoint": str(checkpoint), "sha256": sha256_file(checkpoint)}
-    model.load_state_dict(load_file(str(checkpoint)), strict=True)
-    card = checkpoint.parent / "card.json"
-    if card.is_file():
-        record["training"] = json.loads(card.read_text()).get("training", {})
-    return record
+    path = Path(args.init)
+    card_path = path / "card.json" if path.is_dir() else path
+    if card_path.suffix == ".json":
+        card = json.loads(card_path.read_text())
+        checkpoint = card_path.parent / card["checkpoint"]
+    else:
+        checkpoint, card = path, None
+        if (path.parent / "card.json").is_file():
+            card = json.loads((path.parent / "card.json").read_text())
+    if not checkpoint.is_file():
+        raise SystemExit(f"--init: no checkpoint at {checkpoint}")
+    state = load_file(str(checkpoint))
+    if card is not None:
+        args.timm_name = card["timm_name"]
+        kwargs = dict(card["timm_kwargs"])
+        args.input_size = tuple(card["input_size"][1:])
+        old_labels = list(card["labels"])
+    else:
+        kwargs = _scratch_kwargs(args)
+        # Without a card, a head of the right width is taken to mean the same labels.
+        head = state.get("head.weight")
+        old_labels = (
+            list(args.labels) if head is not None and head.shape[0] == len(args.labels) else []
+        )
+    if not kwargs.get("class_token", True) or kwargs.get("global_pool", "token") != "token":
+        raise SystemExit("--init: the model must classify from its [class] token")
+    model = timm.create_model(
+        args.timm_name,
+        pretrained=False,
+        num_classes=len(old_labels) or len(args.labels),
+        drop_path_rate=args.drop_path,
+        **kwargs,
+    )
+    if old_labels:
+        model.load_state_dict(state, strict=True)
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        model.load_state_dict(state, strict=False)
+    if old_labels != list(args.labels):
+        model.reset_classifier(len(args.labels))  # type: ignore[operator]
+    args.init_record = {
+        "checkpoint": str(checkpoint),
+        "sha256": sha256_file(checkpoint),
+        "labels": old_labels,
+        "new_head": old_labels != list(args.labels),
+        "training": (card or {}).get("training", {}),
+    }
+    return model, kwargs
 
 
 def write_outputs(
@@ -321,7 +456,7 @@ def write_outputs(
         "timm_kwargs": kwargs,
         "checkpoint": ckpt.name,
         "sha256": sha256_file(ckpt),
-        "labels": list(LABELS),
+        "labels": list(args.labels),
         "benign_index": 0,
         "input_size": [3, *args.input_size],
         "mean": list(cfg["mean"]),
@@ -339,36 +474,46 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.monotonic()
+    labels = tuple(args.labels)
+    try:
+        train_specs = [parse_data_spec(text) for text in args.train_data]
+        val_specs = [parse_data_spec(text) for text in args.val_data]
+    except ValueError as exc:
+        raise SystemExit(f"python -m worker.training.train: {exc}") from None
+    if any(spec.kind == FOREIGN for spec in train_specs):
+        raise SystemExit(
+            "python -m worker.training.train: the foreign generator is kept out of training, "
+            "so that it stays a scanner the model has not seen"
+        )
+    model, kwargs = build_model(args)
     input_hw = tuple(args.input_size)
-    train = cached_set(
-        args.cache_dir,
-        "source",
-        args.train_seed,
-        args.train_per_class,
-        input_hw,
-        workers=args.data_workers,
+    train = concat_sets(
+        [
+            load_or_exit(
+                PROG, spec, args.train_seed, input_hw, labels, args.cache_dir, args.data_workers
+            )
+            for spec in train_specs
+        ]
     )
-    val = cached_set(
-        args.cache_dir,
-        "source",
-        args.val_seed,
-        args.val_per_class,
-        input_hw,
-        workers=args.data_workers,
-    )
+    vals = {
+        str(spec): load_or_exit(
+            PROG, spec, args.val_seed, input_hw, labels, args.cache_dir, args.data_workers
+        )
+        for spec in val_specs
+    }
     data_ready_s = time.monotonic() - started
     print(
-        f"data ready: {len(train)} training, {len(val)} validation frames, {data_ready_s:.0f}s",
+        f"data ready: {len(train)} training, {sum(map(len, vals.values()))} validation frames, "
+        f"{data_ready_s:.0f}s",
         flush=True,
     )
-    model, kwargs = build_model(args)
-    previous = load_initial(model, args.init_from) if args.init_from is not None else None
     trainer = Trainer(args, model, train)
     history = []
     for epoch in range(1, args.epochs + 1):
         trainer.epoch(epoch, started)
         scores = {
-            f"erased{k}_fill{f:g}": trainer.validate(val, k, f)
+            f"{name} erased{k}_fill{f:g}": trainer.validate(val, k, f)
+            for name, val in vals.items()
             for k, f in [(0, args.fill), (3, args.fill), (3, args.alt_fill)]
         }
         history.append({"epoch": epoch, **scores})
@@ -379,12 +524,15 @@ def main(argv: list[str] | None = None) -> int:
         + shlex.join(sys.argv[1:] if argv is None else argv),
         "seed": args.seed,
         "data": {
-            "generator": "producer.synthetic.SyntheticScanner",
-            "domain": "source",
+            "generator": "producer.synthetic.SyntheticScanner"
+            if any(spec.folder is None for spec in [*train_specs, *val_specs])
+            else None,
+            "train": [str(spec) for spec in train_specs],
             "train_seed": args.train_seed,
             "train_frames": len(train),
+            "val": [str(spec) for spec in val_specs],
             "val_seed": args.val_seed,
-            "val_frames": len(val),
+            "val_frames": sum(map(len, vals.values())),
             "frame_size": list(DEFAULT_SIZE),
             "resize": "cv2 INTER_AREA",
         },
@@ -405,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_steps": args.warmup_steps,
             "schedule": "cosine",
             "label_smoothing": args.label_smoothing,
+            "attention_guidance": args.guidance,
             "drop_path": args.drop_path,
             "ema_decay": args.ema,
         },
@@ -418,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_time_s": round(wall, 1),
         "validation": history,
     }
+    previous = getattr(args, "init_record", None)
     if previous is not None:
         training["init_from"] = previous
         training["total_wall_time_s"] = round(
