@@ -11,6 +11,20 @@ import structlog
 _configured = False
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is when a line is written, not when logging was set up.
+
+    A process that swaps its stderr later (a test runner's capture, a daemon redirecting
+    its streams) keeps its log lines instead of writing to a closed stream.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
 ) -> None:
@@ -33,7 +47,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     _configured = True

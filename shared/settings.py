@@ -65,7 +65,10 @@ class ErasingSettings(BaseModel):
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> ErasingSettings:
-        check_mask_shape(self.mask_shape, self.mask_param)
+        # Fields left unset come from the preset, so pairs are checked here only when both
+        # are given; the merged policy is checked when the worker builds it.
+        if {"mask_shape", "mask_param"} <= self.model_fields_set:
+            check_mask_shape(self.mask_shape, self.mask_param)
         both = {"detect_th", "reconsider_th"} <= self.model_fields_set
         if both and self.reconsider_th >= self.detect_th:
             raise ValueError(

@@ -52,3 +52,24 @@ def test_demo_model_classifies_source_frames(demo_model) -> None:
     assert correct >= 8, (predicted, [f.label for f in frames])
     for result, pred in zip(results, predicted, strict=True):
         assert (result.verdict is Verdict.CLEAR) == (pred == 0)
+
+
+def test_the_shipped_cards_carry_a_calibrated_operating_point() -> None:
+    """Both shipped models were calibrated: the worker runs their operating points by default."""
+    for folder in ("scanguard-demo", "scanguard-source"):
+        card = ModelCard.model_validate_json(
+            (CARD.parent.parent / folder / "card.json").read_text()
+        )
+        point = card.operating_point
+        assert point is not None, folder
+        assert 0 < point.target_false_alarm <= 0.2
+        expected = point.expected
+        assert expected["false_alarm"]["trials"] > 0 and expected["threat_recall"]["trials"] > 0
+        assert point.chosen_on["seed"] != 424242  # never the held-out evaluation seed
+
+
+def test_the_demo_model_was_trained_on_randomised_looks() -> None:
+    """The shipped default learned from the randomised scanner, never from the foreign one."""
+    training = json.loads(CARD.read_text())["training"]
+    assert any(spec.startswith("randomised:") for spec in training["data"]["train"])
+    assert not any(spec.startswith("foreign:") for spec in training["data"]["train"])

@@ -19,7 +19,8 @@ from worker.cli import main
 from worker.engine.erasing import EngineInput, ErasingEngine
 from worker.engine.model import load_model
 from worker.service.bootstrap import policy_from_settings
-from worker.service.explain import find_images, montage
+from worker.service.explain import find_images
+from worker.service.explain_draw import montage
 from worker.service.intake import IntakeLimits, decode_for_model
 
 FRAME_HW = (384, 512)  # the synthetic scanner's default: JPEGs this size take the scaled decode
@@ -246,3 +247,16 @@ def test_find_images_reads_folders_sorted_and_recurses_on_request(tmp_path: Path
         tmp_path / "a.png",
         tmp_path / "b.JPG",
     ]
+
+
+def test_a_folder_that_holds_the_output_is_not_explained_twice(tmp_path) -> None:
+    """Pictures written into a folder that is also an input are not read back as inputs."""
+    from worker.service.explain import find_images
+
+    scan = tmp_path / "bag.png"
+    scan.write_bytes(b"\x89PNG placeholder")  # only the name matters to find_images
+    out = tmp_path / "why"
+    out.mkdir()
+    (out / "bag-montage.png").write_bytes(b"\x89PNG placeholder")
+    assert find_images([tmp_path], recursive=True, skip=out) == [scan]
+    assert len(find_images([tmp_path], recursive=True)) == 2

@@ -312,3 +312,13 @@ def test_a_worker_process_refuses_a_bad_mask_parameter(redis_server, keys, spawn
     assert proc.wait(timeout=60) == 2
     log = (tmp_path / "badmask.log").read_text()
     assert "SCANGUARD_ERASING" in log and "mask_param of the top_k shape" in log
+
+
+def test_a_mask_shape_alone_takes_its_parameter_from_the_preset(point_model):
+    """MASK_SHAPE=top_k with no MASK_PARAM is not refused for the default parameter (1.0):
+    the merged policy decides, and an unusable pair is refused there, naming the settings."""
+    erasing = load_settings(erasing={"mask_shape": "power"}).erasing
+    assert policy_from_settings(erasing, point_model).mask_shape == "power"
+    lone = load_settings(erasing={"mask_shape": "top_k"}).erasing
+    with pytest.raises(ValueError, match=r"^SCANGUARD_ERASING__.*mask_param"):
+        policy_from_settings(lone.model_copy(update={"preset": "seed"}), point_model)

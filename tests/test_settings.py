@@ -72,7 +72,7 @@ def test_nested_environment_variables(monkeypatch):
     ("name", "value", "needle"),
     [
         ("SCANGUARD_ERASING__DETECT_TH", "1.5", "SCANGUARD_ERASING__DETECT_TH"),
-        ("SCANGUARD_ERASING__RECONSIDER_TH", "0.5", "reconsider_th"),
+        ("SCANGUARD_ERASING__RECONSIDER_TH", "1.5", "SCANGUARD_ERASING__RECONSIDER_TH"),
         ("SCANGUARD_ERASING__ON_EXHAUSTED", "maybe", "SCANGUARD_ERASING__ON_EXHAUSTED"),
         ("SCANGUARD_MODEL__DEVICE", "tpu", "SCANGUARD_MODEL__DEVICE"),
         ("SCANGUARD_MODEL__PRECISION", "int4", "SCANGUARD_MODEL__PRECISION"),

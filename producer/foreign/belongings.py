@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from producer.foreign import electronics
+import producer.foreign.electronics as electronics
 from producer.foreign.volumes import Sprite
 
 Builder = Callable[[np.random.Generator, float], Sprite]

@@ -135,7 +135,14 @@ def run_demo(settings: Settings, *, bags: int, views: int, fps: float, out_dir: 
         print(
             f"model {worker.model.model_id} on {worker.engine.device}, "
             f"detect_th={worker.policy.detect_th} reconsider_th={worker.policy.reconsider_th} "
-            f"max_iter={worker.policy.max_iter} fill={worker.policy.fill}",
+            f"max_iter={worker.policy.max_iter} fill={worker.policy.fill} "
+            f"mask={worker.policy.mask_shape}:{worker.policy.mask_param:g} "
+            f"on_exhausted={worker.policy.on_exhausted}"
+            + (
+                " (the card's operating point)"
+                if worker.model.operating_point is not None and run.erasing.preset == "card"
+                else ""
+            ),
             flush=True,
         )
         client = connect(url)

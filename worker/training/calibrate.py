@@ -4,11 +4,12 @@
     python -m worker.training.calibrate --card my-model/card.json --data imagefolder:scans/val \\
         --target-fa 0.02
 
-The erasing policy (detect_th, reconsider_th, max_iter, fill, mask shape) that gives the
-best mean threat recall with a false-alarm rate within `--target-fa` is chosen on one
-half of the validation frames (every even frame of each class) and measured on the other
-half, so the rates the card promises were not the ones it was chosen for; they are
-written with 95 % Wilson intervals. Only the thresholds are replayed from traces (one
+The erasing policy (detect_th, reconsider_th, max_iter, on_exhausted, fill, mask shape)
+that gives the best mean threat recall with a false-alarm rate within `--target-fa` is
+chosen on one half of the validation frames (alternate frames in label order) and
+measured on the other half, so the rates the card promises were not the ones it was
+chosen for; they are written with 95 % Wilson intervals. A frame counts as flagged when
+the policy does not clear it (threat or undetermined: either way a person looks at it). Only the thresholds are replayed from traces (one
 engine run per fill and mask shape that never stops early), so the sweep is cheap.
 
 The worker runs the card's operating point unless settings override it
@@ -18,26 +19,27 @@ The worker runs the card's operating point unless settings override it
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
-from shared.vocab import MaskShape, check_mask_shape
-from worker.engine.decision import DecisionPolicy
+from shared.vocab import ExhaustedOutcome, MaskShape, check_mask_shape
+from worker.engine.decision import DecisionPolicy, Verdict
 from worker.engine.model import LoadedModel, OperatingPoint, load_model, read_card
 from worker.training.data import FrameSet, concat_sets, load_or_exit, parse_data_spec
+from worker.training.evaluate import engine_run, traces_of
 from worker.training.metrics import (
     Rate,
     SweepGrid,
     policy_dict,
     replay,
-    score,
     tracing_policy,
 )
 
@@ -75,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--detect-th", type=float, nargs="+", default=None)
     parser.add_argument("--reconsider-th", type=float, nargs="+", default=None)
     parser.add_argument("--max-iters", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument(
+        "--on-exhausted",
+        nargs="+",
+        choices=get_args(ExhaustedOutcome),
+        default=["undetermined", "argmax"],
+        help="outcomes for a spent budget to choose among (undetermined sends the frame to a person)",
+    )
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument(
@@ -98,8 +107,6 @@ def traces_for(
     model: LoadedModel, frames: FrameSet, policy: DecisionPolicy, max_batch: int
 ) -> list[tuple[tuple[float, ...], ...]]:
     """Probability traces of every frame under `policy` (run with thresholds that never fire)."""
-    from worker.training.evaluate import engine_run, traces_of
-
     return traces_of(engine_run(model, frames, policy, max_batch))
 
 
@@ -128,24 +135,30 @@ def candidates(
 def rates(
     labels: np.ndarray, traces: list, policy: DecisionPolicy, model: LoadedModel
 ) -> dict[str, Any]:
-    """Mean recall and false-alarm rate of `policy` replayed on `traces`, with Wilson intervals."""
+    """What `policy` replayed on `traces` sends to a person, with Wilson intervals.
+
+    A frame the policy does not clear (a threat or undetermined verdict) is flagged: on a
+    screening line it goes to an operator. Threat recall is the share of threat frames
+    flagged, the false-alarm rate the share of benign frames flagged; `mean_recall`
+    averages the recall over the threat classes.
+    """
     decisions = [replay(t, policy, model.threat_indices, model.benign_index) for t in traces]
-    scored = score(labels, decisions, list(model.labels), model.benign_index)
+    flags = np.array([d.verdict is not Verdict.CLEAR for d in decisions])
     benign = labels == model.benign_index
-    false_alarms = sum(
-        d.verdict.value == "threat" for d, b in zip(decisions, benign, strict=True) if b
+    per_class = {model.labels[c]: float(flags[labels == c].mean()) for c in model.threat_indices}
+    right_class = sum(
+        d.verdict is Verdict.THREAT and int(y) in d.classes
+        for d, y in zip(decisions, labels, strict=True)
+        if y != model.benign_index
     )
-    hits = 0
-    for d, y in zip(decisions, labels, strict=True):
-        if y != model.benign_index and d.verdict.value == "threat" and int(y) in d.classes:
-            hits += 1
     return {
-        "mean_recall": scored["mean_recall"],
-        "recall": scored["recall"],
-        "threat_frames_detected": Rate.of(hits, int((~benign).sum())).to_dict(),
-        "false_alarm": Rate.of(false_alarms, int(benign.sum())).to_dict(),
-        "mean_forwards": scored["mean_forwards"],
-        "undetermined_benign": scored["undetermined_benign"],
+        "mean_recall": float(np.mean(list(per_class.values()))),
+        "recall": per_class,
+        "threat_recall": Rate.of(int(flags[~benign].sum()), int((~benign).sum())).to_dict(),
+        "false_alarm": Rate.of(int(flags[benign].sum()), int(benign.sum())).to_dict(),
+        "threat_with_the_right_class": Rate.of(right_class, int((~benign).sum())).to_dict(),
+        "undetermined": float(np.mean([d.verdict is Verdict.UNDETERMINED for d in decisions])),
+        "mean_forwards": float(np.mean([d.forwards for d in decisions])),
     }
 
 
@@ -163,15 +176,25 @@ def calibrate(
     rank[order] = np.arange(len(order))
     choose_rows = np.flatnonzero(rank % 2 == 0)
     check_rows = np.flatnonzero(rank % 2 == 1)
+    missing = [
+        model.labels[c]
+        for c in range(len(model.labels))
+        if min((frames.labels[rows] == c).sum() for rows in (choose_rows, check_rows)) == 0
+    ]
+    if missing:
+        raise SystemExit(
+            f"calibration needs frames of every label in both halves; none of {missing}"
+        )
     best: tuple[tuple[float, float], DecisionPolicy, Any] | None = None
     per_shape: dict[str, tuple[tuple[float, float], DecisionPolicy]] = {}
     tried = 0
-    for tracing, traces in candidates(model, frames, args):
+    candidates_run = candidates(model, frames, args)
+    for (tracing, traces), on_exhausted in itertools.product(candidates_run, args.on_exhausted):
         shape_name = f"{tracing.mask_shape}:{tracing.mask_param:g}"
-        for policy in grid.policies(tracing.fill, "argmax"):
+        for policy in grid.policies(tracing.fill, on_exhausted):
             policy = DecisionPolicy(
                 **{
-                    **full_policy(policy),
+                    **policy_dict(policy),
                     "mask_shape": tracing.mask_shape,
                     "mask_param": tracing.mask_param,
                 }
@@ -195,15 +218,11 @@ def calibrate(
     measured = rates(frames.labels[check_rows], [traces[i] for i in check_rows], policy, model)
     chosen_on = rates(frames.labels[choose_rows], [traces[i] for i in choose_rows], policy, model)
     return policy, {
-        "per_shape": {name: full_policy(p) for name, (_, p) in per_shape.items()},
+        "per_shape": {name: policy_dict(p) for name, (_, p) in per_shape.items()},
         "policies_tried": tried,
         "chosen_half": chosen_on,
         "measured_half": measured,
     }
-
-
-def full_policy(policy: DecisionPolicy) -> dict[str, Any]:
-    return {**policy_dict(policy), "mask_shape": policy.mask_shape, "mask_param": policy.mask_param}
 
 
 def operating_point(
@@ -212,7 +231,7 @@ def operating_point(
     measured = record["measured_half"]
     return OperatingPoint.model_validate(
         {
-            "policy": full_policy(policy),
+            "policy": policy_dict(policy),
             "target_false_alarm": args.target_fa,
             "chosen_on": {
                 "data": list(args.data),
@@ -225,7 +244,9 @@ def operating_point(
             "expected": {
                 "mean_recall": measured["mean_recall"],
                 "recall": measured["recall"],
-                "threat_frames_detected": measured["threat_frames_detected"],
+                "threat_recall": measured["threat_recall"],
+                "threat_with_the_right_class": measured["threat_with_the_right_class"],
+                "undetermined": measured["undetermined"],
                 "false_alarm": measured["false_alarm"],
                 "mean_forwards": measured["mean_forwards"],
             },
@@ -267,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("calibration needs benign and threat frames")
     policy, record = calibrate(model, frames, args)
     point = operating_point(policy, record, frames, args)
-    detected, alarms = (point.expected[k] for k in ("threat_frames_detected", "false_alarm"))
+    detected, alarms = (point.expected[k] for k in ("threat_recall", "false_alarm"))
     print(
         f"operating point: {json.dumps(point.policy.model_dump())}\n"
-        "measured on the held-back half: threat frames detected "
+        "measured on the held-back half: threat recall (frames not cleared) "
         f"{Rate.of(detected['successes'], detected['trials'])}, "
         f"false alarms {Rate.of(alarms['successes'], alarms['trials'])}",
         flush=True,

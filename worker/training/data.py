@@ -184,7 +184,14 @@ def parse_data_spec(text: str, default_per_class: int | None = None) -> DataSpec
     return DataSpec(kind, per_class)
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".dcm": "application/dicom",
+}
+
+
 MAX_FOLDER_PIXELS = 64_000_000  # per image; a DICOS object over this is refused
 
 
@@ -210,14 +217,14 @@ def load_imagefolder(
             paths += [
                 (path, index)
                 for path in sorted(sub.rglob("*"))
-                if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+                if path.suffix.lower() in CONTENT_TYPES and path.is_file()
             ]
     if not paths:
-        raise ValueError(f"{folder}: no JPEG or PNG files under any of {list(labels)}")
+        raise ValueError(f"{folder}: no JPEG, PNG or DICOS files under any of {list(labels)}")
     rows, cols = input_hw
     images = np.empty((len(paths), rows, cols, 3), np.uint8)
     for out, (path, _) in enumerate(paths):
-        images[out] = to_model_input(read_image(path), input_hw)
+        images[out] = read_for_model(path, input_hw)
     labels_arr = np.array([label for _, label in paths], np.int64)
     return FrameSet(
         images,
@@ -229,20 +236,19 @@ def load_imagefolder(
     )
 
 
-def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 pixels of a JPEG, PNG or DICOS DX file (as the worker displays DICOS)."""
-    data = path.read_bytes()
-    if path.suffix.lower() == ".dcm":
-        from worker.service.dicos import DicosError, decode_dicos
+def read_for_model(path: Path, input_hw: tuple[int, int]) -> np.ndarray:
+    """A JPEG, PNG or DICOS DX file at the model input, decoded exactly as the worker decodes
+    a frame of that type (the same decoder, scaled JPEG decode and resize)."""
+    from worker.service.intake import IntakeLimits, decode_for_model
 
-        try:
-            return decode_dicos(data, MAX_FOLDER_PIXELS).rgb
-        except DicosError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not a readable JPEG or PNG")
-    return np.ascontiguousarray(bgr[..., ::-1])
+    limits = IntakeLimits(max_frame_bytes=1 << 40, max_pixels=MAX_FOLDER_PIXELS, input_hw=input_hw)
+    try:
+        model_input, _, _ = decode_for_model(
+            path.read_bytes(), CONTENT_TYPES[path.suffix.lower()], limits
+        )
+    except ValueError as exc:  # DecodeError and DicosError say what is wrong with the bytes
+        raise ValueError(f"{path}: {exc}") from None
+    return model_input
 
 
 def load_data(

@@ -15,10 +15,14 @@ a labelled `imagefolder:DIR`) it scores, on frames of a held-out seed:
 - where the first forward's mask falls: the pointing game (its peak on the threat's box,
   ± one patch) and the share of its mass on the threat.
 
-Recall here is the share of threat frames called a threat (the bag is searched), so it is
-comparable between a vanilla threshold and erasing; rates carry 95 % Wilson intervals.
-Nothing is tuned on these frames. Writes results.json, curves.png and montage.png into
-`--out`; `python -m worker.training.report` turns one or more of those into REPORT.md.
+Recall here is the share of threat frames the policy does not clear (threat or
+undetermined: a person looks at the bag), the false-alarm rate the same share of benign
+frames, so a vanilla threshold and erasing compare on what reaches an operator; rates
+carry 95 % Wilson intervals. The policy is not tuned on these frames; vanilla, at a
+matched false-alarm rate, gets its best threshold on them, which favours vanilla. Writes
+results.json, curves-<set>.png and montage.png into `--out`; `python -m
+worker.training.report` builds REPORT.md from eval/<run>/results.json for the runs it
+knows (shipped, source-only, control, guidance).
 """
 
 from __future__ import annotations
@@ -126,7 +130,8 @@ def tracing_like(policy: DecisionPolicy, max_iter: int) -> DecisionPolicy:
 
 
 def flagged(decisions: list[Decision]) -> np.ndarray:
-    return np.array([d.verdict is Verdict.THREAT for d in decisions])
+    """Per frame: not cleared (threat or undetermined), so a person looks at it."""
+    return np.array([d.verdict is not Verdict.CLEAR for d in decisions])
 
 
 def rate_pair(flags: np.ndarray, threat: np.ndarray) -> tuple[Rate, Rate]:
@@ -207,22 +212,22 @@ def sweep_flags(
     for th in DETECT_SWEEP:
         if th <= policy.reconsider_th:
             continue
-        swept = DecisionPolicy(**{**_full_dict(policy), "detect_th": th})
+        swept = DecisionPolicy(**{**policy_dict(policy), "detect_th": th})
         decisions = [replay(t, swept, model.threat_indices, model.benign_index) for t in traces]
         columns.append(flagged(decisions))
         used.append(th)
     return np.stack(columns, axis=1), used
 
 
-def _full_dict(policy: DecisionPolicy) -> dict[str, Any]:
-    return {**policy_dict(policy), "mask_shape": policy.mask_shape, "mask_param": policy.mask_param}
-
-
 def where_the_mask_falls(
     model: LoadedModel, frames: FrameSet, policy: DecisionPolicy, max_batch: int
 ) -> dict[str, Any]:
     """Pointing game and mass share of the first forward's mask on threat frames with a mask."""
-    rows = [i for i in range(len(frames)) if frames.labels[i] != 0 and frames.masks[i].any()]
+    rows = [
+        i
+        for i in range(len(frames))
+        if frames.labels[i] != model.benign_index and frames.masks[i].any()
+    ]
     if not rows:
         return {"frames": 0}
     subset = FrameSet(
@@ -233,7 +238,7 @@ def where_the_mask_falls(
         frames.seed,
         frames.indices[rows],
     )
-    first = tracing_like(DecisionPolicy(**{**_full_dict(policy), "mask_shape": "rollout"}), 1)
+    first = tracing_like(DecisionPolicy(**{**policy_dict(policy), "mask_shape": "rollout"}), 1)
     results = engine_run(model, subset, first, max_batch)
     rows_hw = model.input_hw
     patch = (rows_hw[0] / model.grid_hw[0], rows_hw[1] / model.grid_hw[1])
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"python -m worker.training.evaluate: {exc}") from None
     model = load_model(args.card)
     policy, policy_source = card_policy(model)
-    print(f"policy ({policy_source}): {_full_dict(policy)}", flush=True)
+    print(f"policy ({policy_source}): {policy_dict(policy)}", flush=True)
     rng = np.random.default_rng(20261202)
     sets: dict[str, Any] = {}
     figures: dict[str, Any] = {}
@@ -485,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             "sha256": model.checksum,
             "input_hw": list(model.input_hw),
         },
-        "policy": _full_dict(policy),
+        "policy": policy_dict(policy),
         "policy_source": policy_source,
         "operating_point": model.operating_point.model_dump(mode="json")
         if model.operating_point

@@ -9,6 +9,7 @@ exactly with the engine's own decision function.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -183,15 +184,8 @@ def choose(rows: Sequence[dict[str, Any]], far_limit: float) -> dict[str, Any] |
 
 
 def policy_dict(policy: DecisionPolicy) -> dict[str, Any]:
-    return {
-        "detect_th": policy.detect_th,
-        "reconsider_th": policy.reconsider_th,
-        "max_iter": policy.max_iter,
-        "on_exhausted": policy.on_exhausted,
-        "fill": policy.fill,
-        "judge_original": policy.judge_original,
-        "head_fusion": policy.head_fusion,
-    }
+    """Every field of a policy, as plain JSON values (`DecisionPolicy(**d)` rebuilds it)."""
+    return dataclasses.asdict(policy)
 
 
 def calibration_by_step(

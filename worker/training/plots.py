@@ -23,7 +23,7 @@ _DPI = 110
 _VANILLA = "0.35"
 _CHOSEN = "black"
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
-FA_LABEL = "false-alarm rate (benign frames called threat)"
+FA_LABEL = "false-alarm rate (benign frames not cleared)"
 
 Interval = tuple[float, float]
 OperatingPoint = tuple[float, float, Interval, Interval]  # fa, recall, fa interval, recall interval
@@ -238,7 +238,7 @@ def plot_operating_curves(
     ax.set_ylim(0.0, 1.02)
     ax.set_title(title)
     ax.set_xlabel(FA_LABEL)
-    ax.set_ylabel("threat recall (threat frames called threat)")
+    ax.set_ylabel("threat recall (threat frames not cleared)")
     _percent_axes(ax)
     if curves or points:
         ax.legend(loc="lower right", fontsize=8)

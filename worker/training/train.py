@@ -213,9 +213,9 @@ class Trainer:
         # The average lives beside the model; validation and the checkpoint use it when on.
         self.ema = ModelEmaV3(self.model, decay=args.ema) if args.ema > 0 else None
         self.train = train
-        cfg = resolve_data_config({}, model=model)
-        self.mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
+        mean, std = normalisation(args, model)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         grid: Any = model.patch_embed.grid_size  # type: ignore[union-attr]
         self.grid_hw = (int(grid[0]), int(grid[1]))
         self.gen = torch.Generator().manual_seed(args.seed)
@@ -349,6 +349,13 @@ class Trainer:
         }
 
 
+def normalisation(args: argparse.Namespace, model: nn.Module) -> tuple[list[float], list[float]]:
+    """Pixel mean and std: the `--init` card's when it names them, else the model's config."""
+    init_card = getattr(args, "init_card", None) or {}
+    cfg = resolve_data_config({}, model=model)
+    return list(init_card.get("mean") or cfg["mean"]), list(init_card.get("std") or cfg["std"])
+
+
 def guidance_loss(
     maps: list[torch.Tensor],
     masks: torch.Tensor,
@@ -425,9 +432,16 @@ def load_initial(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         model.load_state_dict(state, strict=True)
     else:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        body = [k for k in missing if not k.startswith("head.")]
+        if body or unexpected:
+            raise SystemExit(
+                f"--init: {checkpoint} does not fit {args.timm_name} with the size flags: "
+                f"missing {body[:5]}, unexpected {list(unexpected)[:5]}"
+            )
     if old_labels != list(args.labels):
         model.reset_classifier(len(args.labels))  # type: ignore[operator]
+    args.init_card = card
     args.init_record = {
         "checkpoint": str(checkpoint),
         "sha256": sha256_file(checkpoint),
@@ -449,7 +463,7 @@ def write_outputs(
         raise SystemExit(
             f"checkpoint is {ckpt.stat().st_size} bytes, over the {MAX_CHECKPOINT_BYTES} limit; shrink the model"
         )
-    cfg = resolve_data_config({}, model=model)
+    mean, std = normalisation(args, model)
     card = {
         "name": args.name,
         "timm_name": args.timm_name,
@@ -459,8 +473,8 @@ def write_outputs(
         "labels": list(args.labels),
         "benign_index": 0,
         "input_size": [3, *args.input_size],
-        "mean": list(cfg["mean"]),
-        "std": list(cfg["std"]),
+        "mean": list(mean),
+        "std": list(std),
         "fill": args.fill,
         "training": training,
     }
@@ -486,6 +500,12 @@ def main(argv: list[str] | None = None) -> int:
             "so that it stays a scanner the model has not seen"
         )
     model, kwargs = build_model(args)
+    weights_bytes = sum(p.numel() * 4 for p in model.state_dict().values())
+    if weights_bytes > MAX_CHECKPOINT_BYTES:
+        raise SystemExit(
+            f"python -m worker.training.train: the model's weights take {weights_bytes} bytes, "
+            f"over the {MAX_CHECKPOINT_BYTES} a shipped checkpoint may have; shrink the model"
+        )
     input_hw = tuple(args.input_size)
     train = concat_sets(
         [
