@@ -128,3 +128,38 @@ def test_randomised_domain_draws_a_new_look_per_frame() -> None:
     assert np.ptp(corners, axis=0).max() > 60
     grey = [bool(np.all(f.image[..., 0] == f.image[..., 1])) for f in frames]
     assert 0 < sum(grey) < len(grey)  # a fifth of the looks are grey displays
+
+
+def test_a_tinted_grey_display_shades_one_hue_from_the_belt_white() -> None:
+    """A tinted single-energy look keeps the belt at its white point and darkens every
+    pixel along one line from white towards the tint, so hue is constant and only depth varies."""
+    from dataclasses import replace
+
+    from producer.synthetic.looks import random_look, render_look
+    from producer.synthetic.render import Canvas
+
+    canvas = Canvas(48, 64)
+    canvas.high[10:30, 10:50] = np.linspace(0.2, 3.0, 40, dtype=np.float32)
+    canvas.low[10:30, 10:50] = canvas.high[10:30, 10:50] * 1.2
+    look = replace(
+        random_look(np.random.default_rng(3)),
+        grey=True,
+        tint=np.array([20.0, 110.0, 150.0]),
+        white=np.array([250.0, 250.0, 250.0]),
+        inverted=False,
+        channels=(0, 1, 2),
+        blur=0.0,
+        noise=0.0,
+        banding=0.0,
+        pitch=1.0,
+        gamma=1.0,
+        contrast=1.0,
+        jpeg_quality=None,
+    )
+    image = render_look(canvas, np.random.default_rng(0), look).astype(float)
+    assert np.abs(image[40, 60] - 250.0).max() <= 8  # empty belt: near the white point
+    bag = image[15, 10:50]
+    depth = (250.0 - bag) / (250.0 - look.tint)  # the same share on every channel
+    assert np.ptp(depth, axis=1).max() < 0.05
+    assert depth[:, 0].max() - depth[:, 0].min() > 0.3  # thicker matter, deeper shade
+    assert not np.all(image[..., 0] == image[..., 1])  # not a plain grey display

@@ -45,6 +45,18 @@ def test_cached_set_reads_back_what_it_wrote(tmp_path) -> None:
     assert np.array_equal(first.labels, second.labels)
 
 
+def test_a_changed_generator_is_not_served_from_the_cache(tmp_path, monkeypatch) -> None:
+    """The cache key carries a digest of the generator's code: new code, new frames."""
+    import worker.training.data as data
+
+    assert data.generator_fingerprint("source") == data.generator_fingerprint("target")
+    assert data.generator_fingerprint("source") != data.generator_fingerprint("foreign")
+    cached_set(tmp_path, "source", 6, 1, (64, 80))
+    monkeypatch.setattr(data, "generator_fingerprint", lambda domain: "edited-generator")
+    cached_set(tmp_path, "source", 6, 1, (64, 80))
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
 def test_erasing_augmentation_spares_its_point_and_never_brightens_with_dark_fill() -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.rand(6, 3, 64, 80, generator=gen) * 0.8 + 0.1

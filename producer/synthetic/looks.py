@@ -6,8 +6,9 @@ line integrals into pixels, so that a different machine (or a different simulato
 just another draw:
 
 - palette: the usual false colour with perturbed per-channel absorption, a grey
-  (single-energy) display, a channel permutation or an inverted (dark belt) display of
-  either; the empty-belt white point; with or without the bag's shell;
+  (single-energy) display plain or tinted towards one hue, a channel permutation or an
+  inverted (dark belt) display of any of them; the empty-belt white point; with or
+  without the bag's shell;
 - physics: per-material attenuation gain, a shift of the low/high ratio that tells
   materials apart, an overall attenuation scale;
 - detector: blur, quantum noise, row banding, a coarser pixel pitch, aspect and size;
@@ -46,6 +47,7 @@ class Look:
     grey_term: float
     white: np.ndarray  # (3,) empty-belt colour
     grey: bool  # single-energy grey display
+    tint: np.ndarray | None  # (3,) colour a grey display shades towards, else None
     inverted: bool  # attenuation shown bright on a dark belt
     channels: tuple[int, int, int]  # output channel order
     material_gain: dict[str, float]
@@ -75,7 +77,8 @@ def random_look(rng: np.random.Generator) -> Look:
         grey_term=float(rng.uniform(0.08, 0.5)),
         white=white,
         grey=grey,
-        inverted=bool(rng.random() < 0.08),
+        tint=rng.uniform(0, 170, size=3) if grey and rng.random() < 0.4 else None,
+        inverted=bool(rng.random() < 0.12),
         channels=channels,
         material_gain={
             "organic": float(rng.uniform(0.6, 1.6)),
@@ -124,7 +127,12 @@ def render_look(canvas: Canvas, rng: np.random.Generator, look: Look) -> np.ndar
         high = high + look.banding * cv2.GaussianBlur(rows, (1, 0), 2.0) * (1.0 + high)
     table = colour_table(look.weights, look.grey_term, look.white)
     if look.grey:
-        table = np.repeat(table.mean(axis=-1, keepdims=True), 3, axis=-1).astype(np.uint8)
+        level = table.mean(axis=-1, keepdims=True)
+        if look.tint is None:
+            table = np.repeat(level, 3, axis=-1).astype(np.uint8)
+        else:  # one hue: the belt's white point shading to the tint as attenuation grows
+            share = level / 255.0
+            table = (share * look.white + (1.0 - share) * look.tint).astype(np.uint8)
     r_lo, r_hi = RATIO_RANGE
     r_idx = ((ratio - r_lo) * ((RATIO_LEVELS - 1) / (r_hi - r_lo))).clip(0, RATIO_LEVELS - 1)
     h_idx = (high * ((HIGH_LEVELS - 1) / HIGH_MAX)).clip(0, HIGH_LEVELS - 1)

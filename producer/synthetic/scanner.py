@@ -68,9 +68,9 @@ DOMAIN_SPECS = {
         blur=0.9,
     ),
     "randomised": DomainSpec(
-        clutter=(0, 14),
-        threat_length=(0.16, 0.55),
-        occluders=(0, 3),
+        clutter=(0, 10),
+        threat_length=(0.22, 0.55),
+        occluders=(0, 2),
         clutter_scale=1.0,
         noise=0.0,
         blur=0.0,

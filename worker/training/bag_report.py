@@ -14,7 +14,7 @@ from producer.synthetic import DEFAULT_SIZE
 BAGS_FILE = "bags.json"
 SECTION_TITLE = "## Bags and views"
 LEVELS = {"bag": "bag (both views)", "view0": "view 0 (top) alone", "view1": "view 1 (side) alone"}
-POLICY_NAMES = {"worker": "worker (seed thresholds)", "vanilla": "vanilla argmax"}
+POLICY_NAMES = {"worker": "worker (settings as loaded)", "vanilla": "vanilla argmax"}
 
 
 def _cell(entry: dict[str, Any]) -> str:
@@ -122,9 +122,10 @@ def render_section(report: dict[str, Any]) -> list[str]:
         f"- Dual-view synthetic bags (`SyntheticBagScanner`, top and side views, {DEFAULT_SIZE[0]}×"
         f"{DEFAULT_SIZE[1]}), scanner seed **{report['seed']}**, held out: no training, "
         "validation or tuning used it, and nothing was chosen on it.",
-        "- Worker policy: the worker's settings as loaded (defaults: the seed's thresholds, the "
-        "card's fill): detect_th {detect_th:g}, reconsider_th {reconsider_th:g}, max_iter "
-        "{max_iter}, fill {fill:g}, on_exhausted {on_exhausted}.".format(**worker),
+        "- Worker policy: the worker's settings as loaded (by default the card's operating "
+        "point; `SCANGUARD_ERASING__PRESET=seed` gives the seed's thresholds): detect_th {detect_th:g}, reconsider_th {reconsider_th:g}, max_iter "
+        "{max_iter}, fill {fill:g}, mask {mask_shape}:{mask_param:g}, on_exhausted "
+        "{on_exhausted}.".format(**{"mask_shape": "rollout", "mask_param": 1.0, **worker}),
         "- Every view is decided by the erasing engine. A bag is a threat if any view is, else "
         "undetermined if any view is, else clear; *sent to review* means not clear (threat or "
         "undetermined). Recall counts a threat bag decided threat, whatever class was named; "

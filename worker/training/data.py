@@ -117,6 +117,18 @@ def make_scanner(domain: str, seed: int, frame_size: tuple[int, int] = DEFAULT_S
     return SyntheticScanner(domain, seed=seed, size=frame_size)
 
 
+def generator_fingerprint(domain: str) -> str:
+    """A digest of the code that makes `domain`'s frames, so that a changed generator (or
+    resize) never reuses frames cached from an older one."""
+    package = "foreign" if domain == FOREIGN else "synthetic"
+    producer_dir = Path(__file__).resolve().parents[2] / "producer" / package
+    digest = hashlib.sha1(Path(__file__).read_bytes())
+    for path in sorted(producer_dir.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cached_set(
     cache_dir: Path | None,
     domain: str,
@@ -126,10 +138,13 @@ def cached_set(
     frame_size: tuple[int, int] = DEFAULT_SIZE,
     workers: int = 1,
 ) -> FrameSet:
-    """`generate_set`, kept as an .npz under `cache_dir` (None: no cache) keyed by its arguments."""
+    """`generate_set`, kept as an .npz under `cache_dir` (None: no cache) keyed by its
+    arguments and by the generator's code."""
     if cache_dir is None:
         return generate_set(domain, seed, per_class, input_hw, frame_size, workers=workers)
-    key = json.dumps([domain, seed, per_class, list(input_hw), list(frame_size)])
+    key = json.dumps(
+        [domain, seed, per_class, list(input_hw), list(frame_size), generator_fingerprint(domain)]
+    )
     path = Path(cache_dir) / f"{domain}-{seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
     if path.is_file():
         data = np.load(path)

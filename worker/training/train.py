@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--train-data",
         nargs="+",
-        default=["source:3000", "randomised:12000"],
+        default=["source:6000", "randomised:9000"],
         metavar="SPEC",
         help="training frames: DOMAIN:PER_CLASS (source, target, randomised) or imagefolder:DIR",
     )
@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--embed-dim", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--patch", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--weight-decay", type=float, default=0.05)
