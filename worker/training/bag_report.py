@@ -123,8 +123,8 @@ def render_section(report: dict[str, Any]) -> list[str]:
         f"{DEFAULT_SIZE[1]}), scanner seed **{report['seed']}**, held out: no training, "
         "validation or tuning used it, and nothing was chosen on it.",
         "- Worker policy: the worker's settings as loaded (by default the card's operating "
-        "point; `SCANGUARD_ERASING__PRESET=seed` gives the seed's thresholds): detect_th {detect_th:g}, reconsider_th {reconsider_th:g}, max_iter "
-        "{max_iter}, fill {fill:g}, mask {mask_shape}:{mask_param:g}, on_exhausted "
+        "point; `SCANGUARD_ERASING__PRESET=seed` gives the seed's thresholds): detect_th "
+        "{detect_th:g}, reconsider_th {reconsider_th:g}, max_iter {max_iter}, fill {fill:g}, mask {mask_shape}:{mask_param:g}, on_exhausted "
         "{on_exhausted}.".format(**{"mask_shape": "rollout", "mask_param": 1.0, **worker}),
         "- Every view is decided by the erasing engine. A bag is a threat if any view is, else "
         "undetermined if any view is, else clear; *sent to review* means not clear (threat or "

@@ -15,6 +15,7 @@ Generated frames carry the threat's mask; a folder's frames carry none (all Fals
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import itertools
 import json
 import multiprocessing as mp
@@ -120,8 +121,12 @@ def make_scanner(domain: str, seed: int, frame_size: tuple[int, int] = DEFAULT_S
 def generator_fingerprint(domain: str) -> str:
     """A digest of the code that makes `domain`'s frames, so that a changed generator (or
     resize) never reuses frames cached from an older one."""
-    package = "foreign" if domain == FOREIGN else "synthetic"
-    producer_dir = Path(__file__).resolve().parents[2] / "producer" / package
+    spec = importlib.util.find_spec(
+        "producer.foreign" if domain == FOREIGN else "producer.synthetic"
+    )
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"no generator package for domain {domain!r}")
+    producer_dir = Path(next(iter(spec.submodule_search_locations)))
     digest = hashlib.sha1(Path(__file__).read_bytes())
     for path in sorted(producer_dir.glob("*.py")):
         digest.update(path.name.encode())
