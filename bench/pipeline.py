@@ -1,11 +1,17 @@
 """The full pipeline (producer → Redis → worker → publish) vs the engine alone.
 
-    python -m bench.pipeline [--frames 256] [--card models/scanguard-demo/card.json]
+    python -m bench.pipeline [--frames 256] [--rounds 5] [--preset card|seed]
 
 Both runs decide the same synthetic scanner frames with the same model in this
-process. Prints frames/s of each and their ratio, then end-to-end latency p50/p99
-with the producer at a steady rate below capacity. Last line:
-`pipeline_vs_engine=<x>`. Redis is the embedded server unless --redis-url is given.
+process. On a shared machine the speed of the cores drifts from minute to minute, so
+the two are measured in alternating rounds (engine, pipeline, engine, …) and each
+side's best round is compared. Prints every round, frames/s of each and their ratio,
+the share of frames rendered with artefacts, then end-to-end latency p50/p99 with the
+producer at a steady rate below capacity. Last line: `pipeline_vs_engine=<x>`.
+
+`--preset seed` runs the seed's thresholds instead of the card's operating point:
+with the demo model that sends most of these frames to review, the host's worst case.
+Redis is the embedded server unless --redis-url is given.
 """
 
 from __future__ import annotations
@@ -95,6 +101,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--load", type=float, default=0.5, help="steady rate as a share of capacity"
     )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per side")
+    parser.add_argument(
+        "--preset",
+        choices=["card", "seed"],
+        default="card",
+        help="erasing policy: the card's operating point, or the seed's thresholds",
+    )
     parser.add_argument("--card", default=None, help="model card (default: the settings' model)")
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--seed", type=int, default=7)
@@ -109,18 +122,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.cpu_threads:
         torch.set_num_threads(args.cpu_threads)
 
-    overrides: dict[str, object] = {"worker": {"metrics_port": 0}}
+    overrides: dict[str, object] = {
+        "worker": {"metrics_port": 0},
+        "erasing": {"preset": args.preset},
+    }
     if args.card:
         overrides["model"] = {"card": args.card}
     base = load_settings(**overrides)
     jpegs = encoded_frames(args.frames, args.seed)
 
+    engine_rounds: list[float] = []
+    pipe_rounds: list[float] = []
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(embedded_redis())
-        engine_fps = engine_alone(base, jpegs)
-        run_settings = base.model_copy(update={"namespace": f"bench{int(time.time())}"})
-        pipe_fps, decided = pipeline_run(run_settings, url, jpegs, fps=None)
+        for round_no in range(args.rounds):
+            engine_rounds.append(engine_alone(base, jpegs))
+            run_settings = base.model_copy(
+                update={"namespace": f"bench{int(time.time())}r{round_no}"}
+            )
+            fps, decided = pipeline_run(run_settings, url, jpegs, fps=None)
+            pipe_rounds.append(fps)
 
+        engine_fps, pipe_fps = max(engine_rounds), max(pipe_rounds)
         rate = max(1.0, pipe_fps * args.load)
         steady = encoded_frames(args.latency_frames, args.seed + 1)
         lat_settings = base.model_copy(update={"namespace": f"benchlat{int(time.time())}"})
@@ -129,16 +152,21 @@ def main(argv: list[str] | None = None) -> None:
     latency = np.array([e["latency_ms"] for e in events])
     forwards = np.mean([e["forward_passes"] for e in events])
     print(
-        f"model={Path(base.model.card).parent.name} device={base.model.device} "
-        f"max_batch={base.model.max_batch} frames={len(jpegs)} torch_threads={torch.get_num_threads()}"
+        f"model={Path(base.model.card).parent.name} preset={args.preset} "
+        f"device={base.model.device} max_batch={base.model.max_batch} frames={len(jpegs)} "
+        f"torch_threads={torch.get_num_threads()}"
     )
-    print(f"{'':<28}{'frames/s':>10}")
-    print(f"{'engine alone':<28}{engine_fps:>10.2f}")
-    print(f"{'pipeline (producer→worker)':<28}{pipe_fps:>10.2f}")
+    print(f"{'frames/s':<28}{'best':>8}   rounds")
+    for name, rounds in (
+        ("engine alone", engine_rounds),
+        ("pipeline (producer→worker)", pipe_rounds),
+    ):
+        listed = " ".join(f"{r:.1f}" for r in rounds)
+        print(f"{name:<28}{max(rounds):>8.2f}   {listed}")
     print(f"forward passes per frame (steady run): {forwards:.2f}")
     alarms = sum(e["decision"] != "clear" for e in decided) / len(decided)
     print(
-        f"frames rendered with artefacts (not clear) in the throughput run: {alarms:.0%} "
+        f"frames rendered with artefacts (not clear) in the throughput runs: {alarms:.0%} "
         "(each costs a full-size decode, the erased image, the heat-map and two JPEG encodes)"
     )
     print(
