@@ -6,8 +6,10 @@ Both runs decide the same synthetic scanner frames with the same model in this
 process. On a shared machine the speed of the cores drifts from minute to minute, so
 the two are measured in alternating rounds (engine, pipeline, engine, …) and each
 side's best round is compared. Prints every round, frames/s of each and their ratio,
-the share of frames rendered with artefacts, then end-to-end latency p50/p99 with the
-producer at a steady rate below capacity. Last line: `pipeline_vs_engine=<x>`.
+the process's CPU time per frame on each side (their difference is the host's work:
+decode, render, publish and the producer thread), the share of frames rendered with
+artefacts, then end-to-end latency p50/p99 with the producer at a steady rate below
+capacity. Last line: `pipeline_vs_engine=<x>`.
 
 `--preset seed` runs the seed's thresholds instead of the card's operating point:
 with the demo model that sends most of these frames to review, the host's worst case.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import threading
 import time
 from collections.abc import Iterator
@@ -53,8 +56,15 @@ def as_source(jpegs: list[bytes]) -> Iterator[SourceFrame]:
         yield SourceFrame(data, "image/jpeg", {})
 
 
-def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
-    """Frames/s of the engine on already-decoded, already-resized frames."""
+def process_cpu_s() -> float:
+    """CPU seconds this process has used so far, all its threads together."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def engine_alone(settings: Settings, jpegs: list[bytes]) -> tuple[float, float]:
+    """Frames/s of the engine on already-decoded, already-resized frames, and the
+    process's CPU milliseconds per frame while it ran."""
     model = load_model(settings.model.card, resolve_device(settings.model.device))
     policy = policy_from_settings(settings.erasing, model)
     engine = ErasingEngine(
@@ -63,17 +73,18 @@ def engine_alone(settings: Settings, jpegs: list[bytes]) -> float:
     pixels = [to_model_input(decode_image(d, "image/jpeg", 10**8), model.input_hw) for d in jpegs]
     frames = [EngineInput(i, p) for i, p in enumerate(pixels)]
     engine.run(frames[: settings.model.max_batch])  # warm-up
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), process_cpu_s()
     engine.run(frames)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, process_cpu_s() - cpu
     engine.close()
-    return len(frames) / elapsed
+    return len(frames) / elapsed, cpu * 1e3 / len(frames)
 
 
 def pipeline_run(
     settings: Settings, url: str, jpegs: list[bytes], fps: float | None
-) -> tuple[float, list[dict]]:
-    """Producer thread + worker (burst) on a fresh namespace; frames/s and the decision events."""
+) -> tuple[float, float, list[dict]]:
+    """Producer thread + worker (burst) on a fresh namespace: frames/s, the process's CPU
+    milliseconds per frame (Redis is another process, not counted) and the events."""
     keys = Keys(settings.namespace)
     client = connect(url)
     worker = create_worker(
@@ -81,15 +92,15 @@ def pipeline_run(
     )
     producer = Producer(connect(url), keys, fps=fps, max_backlog=len(jpegs) + 1)
     thread = threading.Thread(target=producer.run, args=(as_source(jpegs),), daemon=True)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), process_cpu_s()
     thread.start()
     worker.run(burst=True, until=lambda: not thread.is_alive())
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, process_cpu_s() - cpu
     thread.join()
     events = [json.loads(f[b"event"]) for _, f in client.xrange(keys.results)]
     if len(events) != len(jpegs):
         raise RuntimeError(f"{len(jpegs)} frames sent, {len(events)} decisions published")
-    return len(jpegs) / elapsed, events
+    return len(jpegs) / elapsed, cpu * 1e3 / len(jpegs), events
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -133,21 +144,26 @@ def main(argv: list[str] | None = None) -> None:
 
     engine_rounds: list[float] = []
     pipe_rounds: list[float] = []
+    engine_cpu: list[float] = []
+    pipe_cpu: list[float] = []
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(embedded_redis())
         for round_no in range(args.rounds):
-            engine_rounds.append(engine_alone(base, jpegs))
+            fps, cpu_ms = engine_alone(base, jpegs)
+            engine_rounds.append(fps)
+            engine_cpu.append(cpu_ms)
             run_settings = base.model_copy(
                 update={"namespace": f"bench{int(time.time())}r{round_no}"}
             )
-            fps, decided = pipeline_run(run_settings, url, jpegs, fps=None)
+            fps, cpu_ms, decided = pipeline_run(run_settings, url, jpegs, fps=None)
             pipe_rounds.append(fps)
+            pipe_cpu.append(cpu_ms)
 
         engine_fps, pipe_fps = max(engine_rounds), max(pipe_rounds)
         rate = max(1.0, pipe_fps * args.load)
         steady = encoded_frames(args.latency_frames, args.seed + 1)
         lat_settings = base.model_copy(update={"namespace": f"benchlat{int(time.time())}"})
-        _, events = pipeline_run(lat_settings, url, steady, fps=rate)
+        _, _, events = pipeline_run(lat_settings, url, steady, fps=rate)
 
     latency = np.array([e["latency_ms"] for e in events])
     forwards = np.mean([e["forward_passes"] for e in events])
@@ -163,6 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     ):
         listed = " ".join(f"{r:.1f}" for r in rounds)
         print(f"{name:<28}{max(rounds):>8.2f}   {listed}")
+    engine_ms, pipe_ms = float(np.median(engine_cpu)), float(np.median(pipe_cpu))
+    print(
+        f"process CPU per frame (median of rounds, all threads, Redis not counted): "
+        f"engine alone {engine_ms:.1f} ms, pipeline {pipe_ms:.1f} ms, "
+        f"host work +{pipe_ms - engine_ms:.1f} ms"
+    )
     print(f"forward passes per frame (steady run): {forwards:.2f}")
     alarms = sum(e["decision"] != "clear" for e in decided) / len(decided)
     print(
