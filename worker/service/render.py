@@ -1,7 +1,8 @@
 """Artefacts for operators: the erased image and the attention heat-map, at frame size.
 
-Both are drawn with a few vectorised cv2 calls over uint8 frames and one float32 plane
-(no float copy of the frame, no numpy temporaries): on a CPU worker they share the cores
+Both are drawn with a few vectorised cv2 calls over uint8 frames (float32 only for the
+mask plane and, in the erased image, for one band of rows at a time; no numpy
+temporaries): on a CPU worker they share the cores
 with the model, and on a GPU worker they are most of the host's work per alarm frame.
 """
 
@@ -18,7 +19,7 @@ _JET_RGB = cv2.cvtColor(
 )
 
 
-# Pixels per band of `erased_image`: its float32 temporaries stay under a megabyte.
+# Pixels per band of `erased_image`: each of its float32 temporaries stays under a megabyte.
 _BAND_PIXELS = 65_536
 
 
