@@ -7,9 +7,10 @@ process. On a shared machine the speed of the cores drifts from minute to minute
 the two are measured in alternating rounds (engine, pipeline, engine, …) and each
 side's best round is compared. Prints every round, frames/s of each and their ratio,
 the process's CPU time per frame on each side (their difference is the host's work:
-decode, render, publish and the producer thread), the share of frames rendered with
-artefacts, then end-to-end latency p50/p99 with the producer at a steady rate below
-capacity. Last line: `pipeline_vs_engine=<x>`.
+decode, render, publish and the producer thread), the mean number of frames per engine
+step on each side (how full the worker keeps its batches), the share of frames rendered
+with artefacts, then end-to-end latency p50/p99 with the producer at a steady rate
+below capacity. Last line: `pipeline_vs_engine=<x>`.
 
 `--preset seed` runs the seed's thresholds instead of the card's operating point:
 with the demo model that sends most of these frames to review, the host's worst case.
@@ -62,9 +63,14 @@ def process_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def engine_alone(settings: Settings, jpegs: list[bytes]) -> tuple[float, float]:
-    """Frames/s of the engine on already-decoded, already-resized frames, and the
-    process's CPU milliseconds per frame while it ran."""
+def mean_batch(engine: ErasingEngine) -> float:
+    """Frames per engine step so far: how full the engine's batches were."""
+    return engine.frame_forwards / max(engine.steps, 1)
+
+
+def engine_alone(settings: Settings, jpegs: list[bytes]) -> tuple[float, float, float]:
+    """Frames/s of the engine on already-decoded, already-resized frames, the process's
+    CPU milliseconds per frame while it ran, and the mean batch of its steps."""
     model = load_model(settings.model.card, resolve_device(settings.model.device))
     policy = policy_from_settings(settings.erasing, model)
     engine = ErasingEngine(
@@ -73,18 +79,20 @@ def engine_alone(settings: Settings, jpegs: list[bytes]) -> tuple[float, float]:
     pixels = [to_model_input(decode_image(d, "image/jpeg", 10**8), model.input_hw) for d in jpegs]
     frames = [EngineInput(i, p) for i, p in enumerate(pixels)]
     engine.run(frames[: settings.model.max_batch])  # warm-up
+    engine.steps = engine.frame_forwards = 0
     start, cpu = time.perf_counter(), process_cpu_s()
     engine.run(frames)
     elapsed, cpu = time.perf_counter() - start, process_cpu_s() - cpu
     engine.close()
-    return len(frames) / elapsed, cpu * 1e3 / len(frames)
+    return len(frames) / elapsed, cpu * 1e3 / len(frames), mean_batch(engine)
 
 
 def pipeline_run(
     settings: Settings, url: str, jpegs: list[bytes], fps: float | None
-) -> tuple[float, float, list[dict]]:
+) -> tuple[float, float, float, list[dict]]:
     """Producer thread + worker (burst) on a fresh namespace: frames/s, the process's CPU
-    milliseconds per frame (Redis is another process, not counted) and the events."""
+    milliseconds per frame (Redis is another process, not counted), the mean batch of
+    the engine's steps and the events."""
     keys = Keys(settings.namespace)
     client = connect(url)
     worker = create_worker(
@@ -100,7 +108,7 @@ def pipeline_run(
     events = [json.loads(f[b"event"]) for _, f in client.xrange(keys.results)]
     if len(events) != len(jpegs):
         raise RuntimeError(f"{len(jpegs)} frames sent, {len(events)} decisions published")
-    return len(jpegs) / elapsed, cpu * 1e3 / len(jpegs), events
+    return len(jpegs) / elapsed, cpu * 1e3 / len(jpegs), mean_batch(worker.engine), events
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,24 +154,28 @@ def main(argv: list[str] | None = None) -> None:
     pipe_rounds: list[float] = []
     engine_cpu: list[float] = []
     pipe_cpu: list[float] = []
+    engine_batch: list[float] = []
+    pipe_batch: list[float] = []
     with contextlib.ExitStack() as stack:
         url = args.redis_url or stack.enter_context(embedded_redis())
         for round_no in range(args.rounds):
-            fps, cpu_ms = engine_alone(base, jpegs)
+            fps, cpu_ms, batch = engine_alone(base, jpegs)
             engine_rounds.append(fps)
             engine_cpu.append(cpu_ms)
+            engine_batch.append(batch)
             run_settings = base.model_copy(
                 update={"namespace": f"bench{int(time.time())}r{round_no}"}
             )
-            fps, cpu_ms, decided = pipeline_run(run_settings, url, jpegs, fps=None)
+            fps, cpu_ms, batch, decided = pipeline_run(run_settings, url, jpegs, fps=None)
             pipe_rounds.append(fps)
             pipe_cpu.append(cpu_ms)
+            pipe_batch.append(batch)
 
         engine_fps, pipe_fps = max(engine_rounds), max(pipe_rounds)
         rate = max(1.0, pipe_fps * args.load)
         steady = encoded_frames(args.latency_frames, args.seed + 1)
         lat_settings = base.model_copy(update={"namespace": f"benchlat{int(time.time())}"})
-        _, _, events = pipeline_run(lat_settings, url, steady, fps=rate)
+        _, _, _, events = pipeline_run(lat_settings, url, steady, fps=rate)
 
     latency = np.array([e["latency_ms"] for e in events])
     forwards = np.mean([e["forward_passes"] for e in events])
@@ -184,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
         f"process CPU per frame (median of rounds, all threads, Redis not counted): "
         f"engine alone {engine_ms:.1f} ms, pipeline {pipe_ms:.1f} ms, "
         f"host work +{pipe_ms - engine_ms:.1f} ms"
+    )
+    print(
+        f"frames per engine step (mean of rounds, max_batch={base.model.max_batch}): "
+        f"engine alone {np.mean(engine_batch):.1f}, pipeline {np.mean(pipe_batch):.1f}"
     )
     print(f"forward passes per frame (steady run): {forwards:.2f}")
     alarms = sum(e["decision"] != "clear" for e in decided) / len(decided)

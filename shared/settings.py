@@ -122,6 +122,15 @@ class WorkerSettings(BaseModel):
     heartbeat_ttl_s: int = Field(15, ge=2)
     metrics_port: int = Field(9400, ge=0, le=65_535, description="0 disables the metrics server")
     decode_threads: int = Field(2, ge=1, le=64)
+    read_ahead: int | None = Field(
+        None,
+        ge=0,
+        le=4096,
+        description=(
+            "frames read and decoded beyond the engine's free slots, so a step that frees "
+            "slots finds the next frames ready; unset = max_batch, 0 = read only into free slots"
+        ),
+    )
     max_frame_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")
     max_side_px: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import os
 import re
 import shutil
@@ -349,8 +350,13 @@ def test_worker_image_entrypoint_and_healthcheck_run_the_worker_check():
 
 
 def drain_bound_s(settings: Settings) -> float:
-    """Longest a warm shutdown takes: every in-flight frame's remaining steps, then publishing."""
-    return (settings.erasing.max_iter + 1) * WORST_STEP_S + PUBLISH_MARGIN_S
+    """Longest a warm shutdown takes: every frame the worker holds, decided to the end, then
+    publishing. It holds `max_batch` frames in the engine plus `read_ahead` waiting for a
+    slot; each engine-full of them needs at most `max_iter + 1` steps."""
+    batch = settings.model.max_batch
+    read_ahead = batch if settings.worker.read_ahead is None else settings.worker.read_ahead
+    fills = math.ceil((batch + read_ahead) / batch)
+    return fills * (settings.erasing.max_iter + 1) * WORST_STEP_S + PUBLISH_MARGIN_S
 
 
 def container_port(container: dict[str, Any], port: int | str) -> int:

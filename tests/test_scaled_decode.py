@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
+import simplejpeg
 
 from producer.synthetic import SyntheticScanner
 from shared.images import encode_image
@@ -14,7 +16,7 @@ from worker.engine.erasing import EngineInput
 from worker.engine.model import load_model
 from worker.engine.preprocess import to_model_input
 from worker.service.bootstrap import policy_from_settings
-from worker.service.imageio import decode_image
+from worker.service.imageio import DecodeError, decode_image
 from worker.service.intake import IntakeLimits, Rejected, decode_entry
 
 DEMO_CARD = "models/scanguard-demo/card.json"
@@ -92,3 +94,54 @@ def test_truncated_and_corrupt_jpegs_are_still_refused():
     damaged = data[: len(data) // 2] + data[-2:]  # ends with the end-of-image marker
     refused = decode_entry("1-1", entry(damaged, "damaged"), 1, limits)
     assert isinstance(refused, Rejected) and refused.reason.startswith("JPEG cannot be decoded")
+
+
+def _opencv_rgb(data: bytes) -> np.ndarray | None:
+    """The full-size decode as it was done before libjpeg-turbo was called directly."""
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if decoded is None:
+        return None
+    code = cv2.COLOR_GRAY2RGB if decoded.ndim == 2 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(decoded, code)
+
+
+@pytest.mark.parametrize(
+    ("shape", "params"),
+    [
+        ((384, 512, 3), [cv2.IMWRITE_JPEG_QUALITY, 90]),
+        ((101, 77, 3), [cv2.IMWRITE_JPEG_QUALITY, 50]),
+        ((96, 128), [cv2.IMWRITE_JPEG_QUALITY, 95]),
+        ((200, 300, 3), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]),
+    ],
+    ids=["colour", "odd-size", "grey", "progressive"],
+)
+def test_full_size_jpeg_decode_is_opencvs_pixel_for_pixel(shape, params):
+    """The full-size JPEG decode gives exactly OpenCV's pixels, in RGB, for colour, odd sizes, grey and progressive files."""
+    image = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = cv2.imencode(".jpg", image, params)[1].tobytes()
+    decoded = decode_image(data, "image/jpeg", 10**8)
+    assert decoded.shape == (*shape[:2], 3)
+    np.testing.assert_array_equal(decoded, _opencv_rgb(data))
+
+
+def test_damaged_jpegs_are_refused_at_full_size_too():
+    """A 512x384 JPEG (decoded at full size) with damaged entropy data and its end marker
+    intact is refused like a large one on the scaled path, not filled with grey."""
+    data = encode_image(SyntheticScanner("source", 1).frame(0).image, quality=90)
+    damaged = data[: len(data) // 2] + data[-2:]
+    assert _opencv_rgb(damaged) is not None, "OpenCV alone would have filled the lost blocks"
+    with pytest.raises(DecodeError, match=r"^JPEG cannot be decoded"):
+        decode_image(damaged, "image/jpeg", 10**8)
+    outcome = decode_entry(
+        "1-0", entry(damaged, "f0"), 1, IntakeLimits(32 * 2**20, 10**8, (128, 160))
+    )
+    assert isinstance(outcome, Rejected) and outcome.reason.startswith("JPEG cannot be decoded")
+
+
+def test_a_cmyk_jpeg_decodes_to_opencvs_rgb():
+    """A CMYK JPEG decodes to the same RGB pixels as OpenCV gives."""
+    ink = np.random.default_rng(5).integers(0, 256, (48, 64, 4), dtype=np.uint8)
+    data = simplejpeg.encode_jpeg(ink, quality=95, colorspace="CMYK")
+    decoded = decode_image(data, "image/jpeg", 10**8)
+    assert decoded.shape == (48, 64, 3)
+    np.testing.assert_array_equal(decoded, _opencv_rgb(data))

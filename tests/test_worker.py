@@ -182,3 +182,28 @@ def test_check_reports_a_live_loop(redis_server, keys, make_worker, monkeypatch,
     stale = time.time() - settings.worker.heartbeat_ttl_s - 5
     os.utime(worker.health.path, (stale, stale))
     assert check(settings, None) == 1
+
+
+@pytest.mark.parametrize("read_ahead", [0, 8, None])
+def test_read_ahead_bounds_the_frames_a_worker_holds(redis_server, keys, make_worker, read_ahead):
+    """With 40 frames waiting, a worker holds up to max_batch + read_ahead of them (read
+    and not yet published; unset read_ahead = max_batch), never more, and decides all."""
+    client = redis_server.client()
+    worker = make_worker(
+        overrides(redis_server, keys, read_ahead=read_ahead), redis_server.client()
+    )
+    sent = push_frames(client, keys, 40)
+    held: list[int] = []
+
+    def watch() -> bool:  # called once per pass of the loop, before it reads
+        held.append(client.xpending(keys.frames, "workers")["pending"])
+        return True
+
+    assert worker.run(burst=True, until=watch) == 0
+
+    limit = 8 + (8 if read_ahead is None else read_ahead)
+    assert max(held) == limit
+    assert sorted(e["frame_id"] for e in events(client, keys.results)) == sorted(sent)
+    assert worker.engine.frame_forwards == sum(
+        e["forward_passes"] for e in events(client, keys.results)
+    )

@@ -94,6 +94,9 @@ class ErasingEngine:
             max_batch, rows, cols, 3, dtype=torch.uint8, pin_memory=self.device.type == "cuda"
         )
         self._slots: list[_Slot] = []
+        # Since construction: steps run and frames forwarded (their ratio is the batch fill).
+        self.steps = 0
+        self.frame_forwards = 0
 
     @property
     def _pixels(self) -> torch.Tensor:
@@ -149,6 +152,8 @@ class ErasingEngine:
         """One forward over every active frame; return the frames it decided."""
         if not self._slots:
             return []
+        self.steps += 1
+        self.frame_forwards += len(self._slots)
         model = self.model
         with torch.inference_mode():
             with self._autocast():

@@ -105,6 +105,11 @@ def decode_image(
     if content_type == DICOM:
         return _decode_dicos(data, max_pixels, max_side)
     checked_size(data, content_type, max_pixels, max_side)
+    if content_type == "image/jpeg":
+        # libjpeg-turbo straight to RGB: OpenCV's pixels (the same library underneath)
+        # without its BGR output and the swap after it. Strict, as on the scaled path:
+        # damaged data is refused, not filled with grey that could hide a threat.
+        return _decode_jpeg(data)
     decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if decoded is None:
         raise DecodeError(f"{content_type} bytes are corrupt or truncated")
@@ -130,10 +135,12 @@ def decode_jpeg_scaled(data: bytes, min_hw: tuple[int, int]) -> np.ndarray:
     so a 512×384 frame for a 128×160 model decodes at 192×144. Strict: data errors that
     a lenient decoder would paper over with grey raise `DecodeError`.
     """
+    return _decode_jpeg(data, min_height=min_hw[0], min_width=min_hw[1])
+
+
+def _decode_jpeg(data: bytes, **scale: int) -> np.ndarray:
     try:
-        return simplejpeg.decode_jpeg(
-            data, colorspace="RGB", min_height=min_hw[0], min_width=min_hw[1], strict=True
-        )
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **scale)
     except ValueError as exc:
         raise DecodeError(f"JPEG cannot be decoded: {exc}") from None
 

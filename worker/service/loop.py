@@ -1,9 +1,12 @@
 """The worker loop: read frames, decode, step the engine, render, publish, repeat.
 
 Each pass of the loop is a checklist: stop requested and drained? → maintenance
-(health, heartbeat, reclaim) → read into free slots → admit what has decoded → one
-engine step → hand finished frames to the render pool → publish what has rendered.
-Decoding and rendering run in a thread pool so they overlap the engine step.
+(health, heartbeat, reclaim) → read into free slots and the read-ahead → admit what
+has decoded, up to the free slots → one engine step → hand finished frames to the
+render pool → publish what has rendered. Decoding and rendering run in a thread pool so
+they overlap the engine step. The read-ahead (`worker.read_ahead`, default `max_batch`)
+decodes the next frames while the engine is full, so the slots a step frees are filled
+at once rather than by the few frames that happen to have decoded by then.
 
 The failure ladder: one action per failure class.
 
@@ -131,6 +134,7 @@ class Worker:
             meta=MetaLimits(ws.max_meta_bytes, ws.max_meta_depth),
         )
         self._pool = ThreadPoolExecutor(ws.decode_threads, thread_name_prefix="scanguard-io")
+        self._read_ahead = ws.read_ahead if ws.read_ahead is not None else self.engine.max_batch
         self._decoding: deque[Future[tuple[InFlight, EngineInput] | Rejected]] = deque()
         self._in_engine: dict[str, InFlight] = {}
         self._owned: set[str] = set()  # entry ids read or claimed and not yet published
@@ -307,7 +311,9 @@ class Worker:
     # -- reading and decoding ------------------------------------------------------
 
     def _slots_to_fill(self) -> int:
-        return self.engine.free_slots - len(self._decoding)
+        """Entries to read now: the engine's free slots plus the read-ahead, less what is
+        already decoding or decoded and waiting for a slot."""
+        return self.engine.free_slots + self._read_ahead - len(self._decoding)
 
     def _read(self) -> int | None:
         """Read new entries into free slots; block only when there is nothing else to do.
@@ -376,7 +382,9 @@ class Worker:
         if self._decoding and self.engine.active == 0 and not self._decoding[0].done():
             wait([self._decoding[0]], timeout=1.0)  # nothing else to do until it decodes
         admitted: list[EngineInput] = []
-        while self._decoding and self._decoding[0].done():
+        free = self.engine.free_slots
+        # In arrival order; a decoded frame with no free slot waits for the next step.
+        while self._decoding and self._decoding[0].done() and len(admitted) < free:
             outcome = self._decoding.popleft().result()
             if isinstance(outcome, Rejected):
                 self._outbox.append(outcome)
