@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from shared.images import DICOM, sniff_content_type
+from shared.images import DICOM, JPEG, sniff_content_type
 from shared.vocab import DeadKind
 
 # JPEG start-of-frame markers that carry the image size (all SOFn except DHT/JPG/DAC).
@@ -64,7 +64,7 @@ def image_size(data: bytes, content_type: str) -> tuple[int, int]:
 
 def _check_complete(data: bytes, content_type: str) -> None:
     """Refuse truncated files: decoders fill a cut-off JPEG with grey rather than fail."""
-    if content_type == "image/jpeg":
+    if content_type == JPEG:
         # Some encoders pad after the end-of-image marker; look at the last few bytes.
         if b"\xff\xd9" not in data[-16:]:
             raise DecodeError("JPEG is truncated: no end-of-image marker")
@@ -105,7 +105,7 @@ def decode_image(
     if content_type == DICOM:
         return _decode_dicos(data, max_pixels, max_side)
     checked_size(data, content_type, max_pixels, max_side)
-    if content_type == "image/jpeg":
+    if content_type == JPEG:
         # libjpeg-turbo straight to RGB: OpenCV's pixels (the same library underneath)
         # without its BGR output and the swap after it. Strict, as on the scaled path:
         # damaged data is refused, not filled with grey that could hide a threat.

@@ -316,7 +316,8 @@ class Worker:
         return self.engine.free_slots + self._read_ahead - len(self._decoding)
 
     def _read(self) -> int | None:
-        """Read new entries into free slots; block only when there is nothing else to do.
+        """Read new entries into free slots and the read-ahead; block only when there is
+        nothing else to do.
 
         Returns how many entries came, or None when there was no room to read (so a
         burst run never mistakes a full engine for an empty stream).

@@ -2,8 +2,8 @@
 
 Both are drawn with a few vectorised cv2 calls over uint8 frames (float32 only for the
 mask plane and, in the erased image, for one band of rows at a time; no numpy
-temporaries): on a CPU worker they share the cores
-with the model, and on a GPU worker they are most of the host's work per alarm frame.
+temporaries): on a CPU worker they share the cores with the model, and on a GPU worker
+they are most of the host's work per alarm frame.
 """
 
 from __future__ import annotations
