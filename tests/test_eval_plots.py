@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from worker.training.metrics import Rate, operating_curve
-from worker.training.plots import montage, plot_operating_curves, plot_rates, sweep_plot
+from worker.training.plots import montage, plot_operating_curves, plot_rates
 
 # A figure for a Markdown report; anything much bigger means a figure size or dpi went wrong.
 MAX_PNG_BYTES = 300_000
@@ -22,41 +22,6 @@ def decoded(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     assert image is not None and image.size > 0
     return image
-
-
-def row(fa: float, recall: float, max_iter: int = 1, **extra: object) -> dict:
-    return {
-        "false_alarm_rate": fa,
-        "mean_recall": recall,
-        "policy": {"max_iter": max_iter},
-        **extra,
-    }
-
-
-def panel(title: str, with_counts: bool) -> dict:
-    counts = {"benign_frames": 40, "false_alarms": 2} if with_counts else {}
-    return {
-        "title": title,
-        "sweep": [row(0.01 * k, 0.5 + 0.04 * k, 1 + k % 5) for k in range(12)],
-        "vanilla": [row(0.0, 0.3), row(0.05, 0.6), row(0.2, 0.8)],
-        "argmax": row(0.1, 0.7, **counts),
-        "chosen": row(0.05, 0.75, 3, **counts),
-    }
-
-
-def test_sweep_plot_draws_every_panel(tmp_path: Path) -> None:
-    """Panels with and without false-alarm counts, and without a chosen policy, all draw."""
-    panels = [{**panel("target", True), "chosen": None}, panel("source", False)]
-    sweep_plot(tmp_path / "sweep.png", panels)
-    wide = decoded(tmp_path / "sweep.png")
-    sweep_plot(tmp_path / "one.png", [panel("target", True)], confidence=None)
-    assert wide.shape[1] >= decoded(tmp_path / "one.png").shape[1]
-
-
-def test_sweep_plot_needs_a_panel(tmp_path: Path) -> None:
-    """An empty panel list is refused rather than drawn as an empty figure."""
-    with pytest.raises(ValueError, match="panel"):
-        sweep_plot(tmp_path / "sweep.png", [])
 
 
 def smooth_image(seed: int, height: int = 128, width: int = 160) -> np.ndarray:

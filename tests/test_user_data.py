@@ -297,13 +297,13 @@ def assert_rate(rate: dict[str, Any], *, trials: int) -> None:
 
 
 def test_init_fine_tunes_onto_two_labels_with_a_new_head(calibrated_card, tmp_path):
-    """--init from the calibrated card with two labels: a 2-wide head, the body carried over, the start recorded."""
+    """--init from the calibrated card with two labels (and drawn looks): a 2-wide head, the body carried over, the start recorded."""
     folder = write_scans(tmp_path / "two", ("benign", "gun"), 8, seed=17)
     out = tmp_path / "tuned"
     args = small_model_args(out, tmp_path / "cache")
     args += ["--train-data", f"imagefolder:{folder}", "--val-data", f"imagefolder:{folder}"]
     args += ["--init", str(calibrated_card.parent), "--labels", "benign", "gun", "--batch", "16"]
-    assert train.main(args) == 0
+    assert train.main([*args, "--look-augment", "0.5"]) == 0
 
     first, tuned = read_json(calibrated_card), read_json(out / "card.json")
     assert tuned["labels"] == ["benign", "gun"]
@@ -316,6 +316,7 @@ def test_init_fine_tunes_onto_two_labels_with_a_new_head(calibrated_card, tmp_pa
     assert start["sha256"] == first["sha256"]
     assert Path(start["checkpoint"]) == calibrated_card.parent / first["checkpoint"]
     assert tuned["training"]["data"]["train_frames"] == 16
+    assert tuned["training"]["augmentation"]["look"]["prob"] == 0.5
 
     weights = load_file(str(out / "model.safetensors"))
     before = load_file(str(calibrated_card.parent / first["checkpoint"]))

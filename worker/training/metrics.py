@@ -135,54 +135,6 @@ class SweepGrid:
         ]
 
 
-def sweep(
-    labels: Labels,
-    traces: Sequence[Sequence[Sequence[float]]],
-    policies: Sequence[DecisionPolicy],
-    label_names: Sequence[str],
-    benign_index: int = 0,
-) -> list[dict[str, Any]]:
-    """Score every policy by replaying it over the traces."""
-    threats = tuple(i for i in range(len(label_names)) if i != benign_index)
-    rows = []
-    for policy in policies:
-        decisions = [replay(t, policy, threats, benign_index) for t in traces]
-        rows.append(
-            {"policy": policy_dict(policy), **score(labels, decisions, label_names, benign_index)}
-        )
-    return rows
-
-
-def vanilla_curve(
-    labels: Labels,
-    traces: Sequence[Sequence[Sequence[float]]],
-    label_names: Sequence[str],
-    thresholds: Sequence[float],
-    benign_index: int = 0,
-) -> list[dict[str, Any]]:
-    """Plain one-forward classification at each detection threshold (the fair baseline curve)."""
-    threats = tuple(i for i in range(len(label_names)) if i != benign_index)
-    return [
-        {
-            "threshold": th,
-            **score(
-                labels, [vanilla_at(t[0], th, threats) for t in traces], label_names, benign_index
-            ),
-        }
-        for th in thresholds
-    ]
-
-
-def choose(rows: Sequence[dict[str, Any]], far_limit: float) -> dict[str, Any] | None:
-    """The row with the best mean recall whose false-alarm rate stays within `far_limit` (ties: fewer forwards)."""
-    allowed = [r for r in rows if float(r["false_alarm_rate"]) <= far_limit + RATE_TOLERANCE]
-    if not allowed:
-        return None
-    return max(
-        allowed, key=lambda r: (round(float(r["mean_recall"]), 6), -float(r["mean_forwards"]))
-    )
-
-
 def policy_dict(policy: DecisionPolicy) -> dict[str, Any]:
     """Every field of a policy, as plain JSON values (`DecisionPolicy(**d)` rebuilds it)."""
     return dataclasses.asdict(policy)

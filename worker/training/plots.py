@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.training.metrics import Rate, wilson_interval
+from worker.training.metrics import Rate
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 # 110 dpi keeps a two-panel chart near 1300 px wide and under 100 KB. A montage stays
 # lossless (colour encodes material), so it costs about 40 KB a tile at scale 2.
 _DPI = 110
-_VANILLA = "0.35"
-_CHOSEN = "black"
 _MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 FA_LABEL = "false-alarm rate (benign frames not cleared)"
 
@@ -58,96 +56,6 @@ def _error(value: float, interval: Interval) -> list[list[float]]:
     """matplotlib's asymmetric error (below, above) of one point; never negative."""
     low, high = interval
     return [[max(0.0, value - low)], [max(0.0, high - value)]]
-
-
-def _fa_interval(row: Mapping[str, Any], confidence: float | None) -> Interval | None:
-    """Wilson interval of a row's false-alarm rate, when the row carries its counts."""
-    if confidence is None or "benign_frames" not in row or "false_alarms" not in row:
-        return None
-    return wilson_interval(int(row["false_alarms"]), int(row["benign_frames"]), confidence)
-
-
-def _sweep_panel(
-    ax: Axes, panel: Mapping[str, Any], far_max: float, confidence: float | None
-) -> None:
-    by_iter: dict[int, list[Mapping[str, Any]]] = {}
-    for row in panel["sweep"]:
-        by_iter.setdefault(int(row["policy"]["max_iter"]), []).append(row)
-    for max_iter, rows in sorted(by_iter.items()):
-        ax.scatter(
-            [r["false_alarm_rate"] for r in rows],
-            [r["mean_recall"] for r in rows],
-            s=14,
-            color=f"C{(max_iter - 1) % 10}",
-            label=f"erasing, max_iter={max_iter}",
-            zorder=2,
-        )
-    curve = sorted(panel["vanilla"], key=lambda r: r["false_alarm_rate"])
-    ax.plot(
-        [r["false_alarm_rate"] for r in curve],
-        [r["mean_recall"] for r in curve],
-        marker="o",
-        markersize=3,
-        color=_VANILLA,
-        linewidth=1.5,
-        label="vanilla, threshold swept",
-        zorder=3,
-    )
-    marked = [(panel["argmax"], "s", _VANILLA, "vanilla argmax")]
-    if panel.get("chosen") is not None:
-        marked.append((panel["chosen"], "*", _CHOSEN, "chosen on validation"))
-    for row, marker, colour, label in marked:
-        fa, recall = float(row["false_alarm_rate"]), float(row["mean_recall"])
-        interval = _fa_interval(row, confidence)
-        ax.errorbar(
-            fa,
-            recall,
-            xerr=None if interval is None else _error(fa, interval),
-            marker=marker,
-            markersize=11 if marker == "*" else 8,
-            markerfacecolor="none" if marker == "s" else colour,
-            color=colour,
-            capsize=3,
-            linestyle="none",
-            label=label,
-            zorder=4,
-        )
-    ax.set_xlim(0.0, far_max)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_title(panel["title"], fontsize=10)
-    ax.set_xlabel(FA_LABEL)
-    _percent_axes(ax)
-
-
-def sweep_plot(path: Path, panels: Sequence[dict], confidence: float | None = 0.95) -> None:
-    """Recall vs false-alarm rate: erasing sweep points, vanilla threshold curve, argmax, chosen policy.
-
-    Each panel dict: title, sweep (rows), vanilla (rows), argmax (row), chosen (row or None).
-    The argmax and chosen points get a Wilson interval (at `confidence`; None for none) on
-    their false-alarm rate when their rows carry `false_alarms` and `benign_frames`. Mean
-    recall averages per-class rates, so it is not a share of trials and gets no interval.
-    """
-    if not panels:
-        raise ValueError("sweep_plot needs at least one panel")
-    largest = max(
-        float(r["false_alarm_rate"])
-        for p in panels
-        for r in [*p["sweep"], *p["vanilla"], p["argmax"]]
-    )
-    far_max = max(0.05, min(1.0, 1.1 * largest))
-    figure = _new_figure(figsize=(max(5.6 * len(panels), 11.0), 5.4), layout="constrained")
-    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, panel in zip(axes, panels, strict=True):
-        _sweep_panel(ax, panel, far_max, confidence)
-    axes[0].set_ylabel("mean threat recall")
-    legend: dict[str, Any] = {}  # label → handle, first panel first, so no entry repeats
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            legend.setdefault(label, handle)
-    figure.legend(
-        list(legend.values()), list(legend), loc="outside lower center", ncols=min(len(legend), 4)
-    )
-    _save(figure, path)
 
 
 def montage(path: Path, rows: Sequence[dict], labels: Sequence[str], scale: int = 2) -> None:

@@ -4,7 +4,7 @@
 
 Reads `<eval-dir>/<run>/results.json` for the runs it knows (shipped: the default model;
 source-only: the seed's experiment; guidance and control: the attention-guidance
-experiment), whichever exist, `<eval-dir>/bags.json` for the "Bags and views" section
+experiment; look: the on-the-fly look augmentation), whichever exist, `<eval-dir>/bags.json` for the "Bags and views" section
 and `<eval-dir>/reading.md` (the reading of the numbers, written by a person, quoted as
 it is), and writes `<eval-dir>/REPORT.md`. Every figure in the report comes from those
 files; the targets are checked against them, not written by hand.
@@ -27,6 +27,7 @@ RUNS = {
     "source-only": "the source-only model (the seed's setting)",
     "control": "fine-tuned without attention guidance (control)",
     "guidance": "fine-tuned with attention guidance",
+    "look": "trained with looks drawn on the fly (experiment, not shipped)",
 }
 
 

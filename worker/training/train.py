@@ -20,6 +20,7 @@ Writes `model.safetensors` and `card.json` (worker.engine.model.ModelCard) into 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from torch import nn
 from producer.synthetic import DEFAULT_SIZE, LABELS
 from worker.engine.attention import AttentionRecorder, rollout_class_row
 from worker.engine.model import sha256_file
+from worker.training.augment import LookRanges, look_augment
 from worker.training.data import (
     FOREIGN,
     FrameSet,
@@ -124,6 +126,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--erase-prob", type=float, default=0.6, help="share of samples given 1-3 erasing steps"
+    )
+    parser.add_argument(
+        "--look-augment",
+        type=float,
+        default=0.0,
+        metavar="PROB",
+        help="draw a new look on the fly (zoom and shift, colour map, tone, blur, noise), "
+        "each part with this probability per sample; 0 keeps the frames' own looks",
     )
     parser.add_argument(
         "--guidance",
@@ -219,6 +229,7 @@ class Trainer:
         grid: Any = model.patch_embed.grid_size  # type: ignore[union-attr]
         self.grid_hw = (int(grid[0]), int(grid[1]))
         self.gen = torch.Generator().manual_seed(args.seed)
+        self.look = LookRanges(prob=args.look_augment)
         self.num_prefix_tokens = int(model.num_prefix_tokens)  # type: ignore[arg-type]
         # Attention guidance reads every block's attention, so only then is it made explicit.
         self.recorder = AttentionRecorder(model) if args.guidance > 0 else None
@@ -259,12 +270,14 @@ class Trainer:
     def augment(
         self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random flips, then 0-3 erasing steps sparing the object (or dense benign matter).
+        """A drawn look (with `--look-augment`), random flips, then 0-3 erasing steps
+        sparing the object (or dense benign matter).
 
-        Returns the images and the threat masks, flipped with them.
+        Returns the images and the threat masks, moved and flipped with them.
         """
         batch = len(labels)
         args = self.args
+        images, masks = look_augment(images, masks, self.gen, self.look)
         flip_h = (torch.rand(batch, generator=self.gen) < 0.5).to(self.device)
         flip_v = (torch.rand(batch, generator=self.gen) < 0.5).to(self.device)
         images = torch.where(flip_h.view(-1, 1, 1, 1), images.flip(3), images)
@@ -563,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "fill": args.fill,
             "alt_fill": args.alt_fill,
             "alt_fill_prob": args.alt_fill_prob,
+            "look": dataclasses.asdict(LookRanges(prob=args.look_augment)),
         },
         "optimiser": {
             "name": "AdamW",
