@@ -14,6 +14,7 @@ import random
 import shutil
 import statistics
 import time
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ WATCH_CSP = (
     "document.addEventListener('securitypolicyviolation',"
     " (e) => console.error('csp violation: ' + e.violatedDirective))"
 )
+
+
+def to_fixed(value: float, digits: int) -> str:
+    """JavaScript's `value.toFixed(digits)`: the double's exact value, ties away from zero
+    (Python's format rounds ties to even, so 0.25 s would read 0.2 here and 0.3 in the page)."""
+    step = Decimal(1).scaleb(-digits)
+    return str(Decimal(value).quantize(step, rounding=ROUND_HALF_UP))
 
 
 class Scripted(random.Random):
@@ -259,9 +267,10 @@ def test_two_operators_a_returned_lease_a_tip_bag_and_the_report(redis_server, k
         )
         assert (cell("decided"), cell("tip_hits"), cell("tip_misses")) == ("3", "1", "0")
         assert (cell("benign"), cell("false_alarms")) == (str(len(benign)), str(false_alarms))
-        assert cell("d_prime") == (f"{hand:.2f}" if benign else "–")
+        assert cell("d_prime") == (to_fixed(hand, 2) if benign else "–")
         times = [int(r[b"time_to_decision_ms"]) for _id, r in client.xrange(keys.verdicts)]
-        assert cell("median_time_to_decision_ms") == f"{statistics.median(times) / 1000:.1f} s"
+        median_s = statistics.median(times) / 1000
+        assert cell("median_time_to_decision_ms") == f"{to_fixed(median_s, 1)} s"
         queued = boss.locator("#open tbody tr[data-state='queued']")
         assert queued.count() == BAGS - 2
         assert boss.text_content("#s-returns") == "1"
@@ -364,3 +373,52 @@ def test_docs_screenshots(redis_server, keys, make_worker):
             keep_screenshot(boss, "supervisor.png")
             browser.close()
     assert problems == []
+
+
+def test_a_refresh_answered_before_next_does_not_take_the_bag_away(
+    redis_server, redis_client, keys
+):
+    """A periodic refresh that was in flight when the operator took a bag answers "no bag";
+    the page drops that answer instead of calling the lease lost and locking the buttons."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    bag = push_bag(redis_client, keys, 1)
+    settings = load_settings(redis_url=redis_server.url, namespace=keys.namespace)
+    held: list[Any] = []
+    armed = False
+
+    def hold_one_refresh(route: Any) -> None:
+        if armed and not held and route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    def is_refresh(request: Any) -> bool:
+        return request.method == "GET" and request.url.endswith("/api/station")
+
+    with (
+        serve_app(create_app(settings, redis_server.client())) as url,
+        sync_api.sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page()
+        page.route("**/api/station", hold_one_refresh)
+        page.goto(url)
+        page.wait_for_selector("#next:enabled")
+        armed = True
+        with page.expect_request(is_refresh):
+            page.dispatch_event("#operator", "change")  # the page refreshes
+        while not held:
+            page.wait_for_timeout(20)
+        stale = held[0].fetch()  # what the station says before the bag is taken
+        page.click("#next")
+        page.wait_for_selector(f"#bag[data-bag-id='{bag.bag_id}']:not([hidden])")
+        page.wait_for_selector("#clear:enabled")
+        with page.expect_request(is_refresh) as later:  # the next periodic refresh
+            held[0].fulfill(response=stale)
+        later.value.response()
+        assert page.is_enabled("#clear") and page.is_enabled("#search")
+        assert "lease" not in (page.text_content("#message") or "")
+        page.click("#clear")
+        page.wait_for_selector("#feedback:not([hidden])")
+        browser.close()
+    assert [r["decision"] for r in records(redis_client, keys)] == ["clear"]

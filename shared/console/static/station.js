@@ -3,7 +3,9 @@
 "use strict";
 
 const COLOURS = ["#4aa3ff", "#ff5c5c", "#f0b429", "#3ecf8e", "#c77dff", "#ff8fab", "#9ad1d4"];
-const state = { config: null, bag: null, mode: "original", marks: new Map(), busy: false, leaseTimer: null };
+// `turn` counts the page's own moves (take a bag, decide one): an answer to a refresh
+// sent before or during a move describes the station as it was, and is dropped.
+const state = { config: null, bag: null, mode: "original", marks: new Map(), busy: false, leaseTimer: null, turn: 0 };
 
 // -- identity: a token fixes it; on loopback the operator picks an id and a pool --------
 
@@ -207,8 +209,10 @@ function showQueue(queue) {
 // -- actions ------------------------------------------------------------------------------
 
 async function refresh() {
+  const turn = state.turn;
   try {
     const me = await stationApi("/api/station");
+    if (state.busy || turn !== state.turn) return;  // a move overtook this answer
     showQueue(me.queue);
     if (state.bag && !me.bag && !$("bag").hidden) { leaseLost("your lease expired; the bag went back to the queue"); return; }
     if (me.bag) showBag(me.bag);
@@ -221,6 +225,7 @@ async function takeNext() {
   if (state.busy) return;
   if (state.bag && !$("bag").hidden && !$("clear").disabled) { say("decide the bag in hand first", "warn"); return; }
   state.busy = true;
+  state.turn += 1;
   $("next").disabled = true;
   try {
     const me = await post("/api/station/next", {});
@@ -231,6 +236,7 @@ async function takeNext() {
   } catch (error) {
     say(error.message, "warn");
   } finally {
+    state.turn += 1;
     state.busy = false;
     $("next").disabled = false;
   }
@@ -239,13 +245,15 @@ async function takeNext() {
 async function decide(decision) {
   if (!state.bag || state.busy || $("clear").disabled) return;
   state.busy = true;
+  state.turn += 1;
   enableDecision(false);
   const rois = [...state.marks].map(([key, mark]) => {
     const [view, roi] = key.split(":").map(Number);
     return { view, roi, mark };
   });
   try {
-    const done = await post("/api/station/verdict", { bag_id: state.bag.bag_id, decision, rois });
+    const done = await post("/api/station/verdict", { bag_id: state.bag.bag_id, decision, rois })
+      .finally(() => { state.turn += 1; });  // refreshes sent meanwhile may predate the verdict
     clearInterval(state.leaseTimer);
     $("lease").textContent = "–";
     $("bag").hidden = true;
