@@ -2,7 +2,7 @@
 
     python -m bench.augment [--look 0.4] [--steps 10] [--rounds 3] [--threads 2]
 
-Builds the demo model's architecture (from its card), and two trainers on the same
+Loads the demo model, and builds two trainers on the same
 source frames: one with `--look-augment 0` and one with `--look-augment LOOK`. It times
 whole training steps (augmentation, forward, backward, AdamW), alternating the two
 round by round, and prints ms per step for each (best round) and, on the last line,
@@ -18,10 +18,9 @@ import io
 import time
 from pathlib import Path
 
-import timm
 import torch
 
-from worker.engine.model import ModelCard
+from worker.engine.model import load_model
 from worker.training import train
 from worker.training.data import FrameSet, generate_set
 
@@ -56,15 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="rounded down to a multiple of 3")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    card = ModelCard.model_validate_json(CARD.read_text())
-    module = timm.create_model(
-        card.timm_name, pretrained=False, num_classes=len(card.labels), **card.timm_kwargs
-    )
-    assert card.input_size is not None, "the demo card names its input size"
+    model = load_model(CARD)
     # One step per epoch: the whole set is one batch (a multiple of three classes).
-    frames = generate_set("source", 11, max(1, args.batch // 3), card.input_size[1:])
-    plain = trainer_for(0.0, module, frames, args.threads)
-    looks = trainer_for(args.look, module, frames, args.threads)
+    frames = generate_set("source", 11, max(1, args.batch // 3), model.input_hw)
+    plain = trainer_for(0.0, model.module, frames, args.threads)
+    looks = trainer_for(args.look, model.module, frames, args.threads)
     round_ms(plain, 2), round_ms(looks, 2)  # warm-up
     times: dict[str, list[float]] = {"plain": [], "looks": []}
     for _ in range(args.rounds):

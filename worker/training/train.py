@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "fill": args.fill,
             "alt_fill": args.alt_fill,
             "alt_fill_prob": args.alt_fill_prob,
-            "look": dataclasses.asdict(LookRanges(prob=args.look_augment)),
+            "look": dataclasses.asdict(trainer.look),
         },
         "optimiser": {
             "name": "AdamW",
