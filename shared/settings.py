@@ -127,8 +127,9 @@ class WorkerSettings(BaseModel):
         ge=0,
         le=4096,
         description=(
-            "frames read and decoded beyond the engine's free slots, so a step that frees "
-            "slots finds the next frames ready; unset = max_batch, 0 = read only into free slots"
+            "frames a worker may hold beyond max_batch (every frame counts from its read to "
+            "its acknowledgement), so a step that frees slots finds the next frames decoded; "
+            "unset = max_batch, 0 = read only into free slots"
         ),
     )
     max_frame_bytes: int = Field(32 * 1024 * 1024, ge=1024)

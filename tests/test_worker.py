@@ -17,6 +17,7 @@ from shared.keys import Keys
 from shared.schemas import DecisionEvent
 from shared.settings import load_settings
 from tests.pipeline_fixtures import ERASING, events, push_frames
+from worker.service import loop
 from worker.service.publish import Outcome
 
 pytestmark = pytest.mark.redis
@@ -207,3 +208,28 @@ def test_read_ahead_bounds_the_frames_a_worker_holds(redis_server, keys, make_wo
     assert worker.engine.frame_forwards == sum(
         e["forward_passes"] for e in events(client, keys.results)
     )
+
+
+def test_renders_that_lag_the_engine_slow_the_reads(redis_server, keys, make_worker, monkeypatch):
+    """When rendering is slower than the engine, finished frames still count as held until
+    they are acknowledged: the worker stops reading instead of piling them up."""
+    real_render = loop.render
+
+    def slow_render(*args, **kwargs):
+        time.sleep(0.03)
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "render", slow_render)
+    client = redis_server.client()
+    worker = make_worker(overrides(redis_server, keys, read_ahead=0), redis_server.client())
+    sent = push_frames(client, keys, 40)
+    held: list[int] = []
+
+    def watch() -> bool:
+        held.append(client.xpending(keys.frames, "workers")["pending"])
+        return True
+
+    assert worker.run(burst=True, until=watch) == 0
+
+    assert max(held) == 8
+    assert sorted(e["frame_id"] for e in events(client, keys.results)) == sorted(sent)

@@ -311,9 +311,12 @@ class Worker:
     # -- reading and decoding ------------------------------------------------------
 
     def _slots_to_fill(self) -> int:
-        """Entries to read now: the engine's free slots plus the read-ahead, less what is
-        already decoding or decoded and waiting for a slot."""
-        return self.engine.free_slots + self._read_ahead - len(self._decoding)
+        """Entries to read now: the engine's slots plus the read-ahead, less every frame
+        this worker already holds (decoding, in the engine, rendering, or waiting to be
+        published). Frames a step has finished count until they are acknowledged, so a
+        worker never holds more than `max_batch + read_ahead`, and renders that fall
+        behind the engine slow the reads down instead of piling up."""
+        return self.engine.max_batch + self._read_ahead - self._in_flight()
 
     def _read(self) -> int | None:
         """Read new entries into free slots and the read-ahead; block only when there is
