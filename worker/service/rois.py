@@ -1,8 +1,9 @@
 """Regions of interest: boxes around what the [class] token attended to, in frame pixels.
 
 The rule (README, "Reading decisions"): the final attention mask (the last forward's
-rollout, max-normalised, on the patch grid) is resized bilinearly to the frame; pixels at
-or above `threshold` (a fraction of the mask's maximum, default 0.5) form the region;
+rollout, max-normalised, on the patch grid) is resized bilinearly to the frame and
+scaled so its maximum is 1 again; pixels at or above `threshold` (a fraction of that
+maximum, default 0.5) form the region;
 each 8-connected component is one ROI with its bounding box, its peak and its mean
 attention. ROIs come largest (by area of the component) first, at most `max_rois`; the
 component that holds the mask's peak is always among them (it takes the last place if
@@ -43,11 +44,18 @@ def rois_from_mask(
     rows, cols = frame_hw
     scale = work_scale(frame_hw)
     work_hw = (math.ceil(rows / scale), math.ceil(cols / scale))
-    attention = cv2.resize(
+    attention: np.ndarray = cv2.resize(
         (mask_grid / peak).astype(np.float32),
         (work_hw[1], work_hw[0]),
         interpolation=cv2.INTER_LINEAR,
-    )  # (h, w) in [0, 1]
+    )
+    # A lone peak cell can fall between the resized samples, so the resized map's maximum
+    # may be below the grid's; the threshold is a fraction of the map it is applied to,
+    # so the peak's component is never empty.
+    top_value = float(attention.max())
+    if not top_value > 0.0:  # a frame smaller than the grid whose samples all miss the peak
+        return []
+    attention = attention / top_value  # (h, w) in [0, 1], max exactly 1
     region = (attention >= threshold).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
