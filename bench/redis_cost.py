@@ -46,9 +46,10 @@ def tiny_model(seed: int) -> LoadedModel:
     return from_module(module, ["benign", "gun", "knife"], model_id="tiny-random")
 
 
-# Commands the publish script runs: commandstats counts them, and their time is already
-# inside EVALSHA's, so they are left out of the command time of the worker phase.
-SCRIPT_INNER = {"xack", "xdel", "xadd", "set", "publish"}
+# Commands the scripts run: commandstats counts them, and their time is already inside
+# EVALSHA's, so they are left out of each phase's command time.
+PRODUCER_INNER = {"xlen", "xadd", "hincrby"}
+WORKER_INNER = {"xack", "xdel", "xadd", "set", "publish"}
 Snapshot = tuple[Counter[str], Counter[str], int, int, float]
 
 
@@ -88,14 +89,13 @@ def snapshot(client: redis.Redis) -> Snapshot:
     )
 
 
-def phase_cost(before: Snapshot, after: Snapshot, scripted: bool) -> dict[str, Any]:
+def phase_cost(before: Snapshot, after: Snapshot, inner: set[str]) -> dict[str, Any]:
     calls, usec = after[0] - before[0], after[1] - before[1]
     for counter in (calls, usec):
         counter.pop("info", None)  # our own measuring
-    skip = SCRIPT_INNER if scripted else set()
     return {
         "calls": dict(calls),
-        "command_us": sum(t for name, t in usec.items() if name not in skip),
+        "command_us": sum(t for name, t in usec.items() if name not in inner),
         "in": after[2] - before[2],
         "out": after[3] - before[3],
         "cpu_s": after[4] - before[4],
@@ -117,9 +117,10 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
     memory_before = int(client.info("memory")["used_memory"])
     start = snapshot(client)
     producer = Producer(connect(url), keys, "lane-1", count=frames, max_backlog=frames + 1)
-    producer.run(SyntheticSource("target", seed=seed, size=size))
+    with counting_round_trips() as producer_sent:
+        producer.run(SyntheticSource("target", seed=seed, size=size))
     produced = snapshot(client)
-    with counting_round_trips() as sent:
+    with counting_round_trips() as worker_sent:
         worker.run(burst=True)
     decided = snapshot(client)
     retained = int(client.info("memory")["used_memory"]) - memory_before
@@ -138,10 +139,11 @@ def run(url: str, frames: int, size: tuple[int, int], seed: int) -> dict[str, An
         "threats": threats,
         "event_bytes_mean": event_bytes / max(len(events), 1),
         "artefact_bytes_per_threat": artefact_bytes / max(threats, 1),
-        "producer": phase_cost(start, produced, scripted=False),
-        "worker": phase_cost(produced, decided, scripted=True),
+        "producer": phase_cost(start, produced, PRODUCER_INNER),
+        "worker": phase_cost(produced, decided, WORKER_INNER),
         "retained_bytes": retained,
-        "worker_round_trips": sent["sends"],
+        "producer_round_trips": producer_sent["sends"],
+        "worker_round_trips": worker_sent["sends"],
         "unit_bytes": unit_bytes,
     }
 
@@ -203,7 +205,10 @@ def report(result: dict[str, Any]) -> None:
             f"out of redis={cost['out'] / n:.0f} command time/frame={cost['command_us'] / n:.0f} us "
             f"server cpu/frame={cpu_us:.0f} us"
         )
-    print(f"worker round trips per frame={result['worker_round_trips'] / n:.2f}")
+    print(
+        f"round trips per frame: producer={result['producer_round_trips'] / n:.2f} "
+        f"worker={result['worker_round_trips'] / n:.2f}"
+    )
     print(
         "memory per unit (B): "
         + ", ".join(f"{name} {size:.0f}" for name, size in result["unit_bytes"].items())

@@ -152,6 +152,37 @@ def test_drop_backpressure_counts_every_drop(redis_client, keys):
 
 
 @pytest.mark.redis
+def test_producers_sharing_a_stream_overshoot_by_at_most_one_frame_each(redis_server, keys):
+    """Four producers race for the last places of one stream. Each checks the backlog, then
+    adds, so each can pass its check once when one place is left: the stream ends within
+    max_backlog + 3, and every frame is counted as sent or dropped, in Redis too."""
+    start = threading.Barrier(4)
+    summaries = {}
+
+    def produce(lane: str) -> None:
+        producer = Producer(
+            redis_server.client(), keys, lane, count=30, max_backlog=5, backpressure="drop"
+        )
+        start.wait()
+        summaries[lane] = producer.run(numbered_frames())
+
+    threads = [threading.Thread(target=produce, args=(f"lane-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    client = redis_server.client()
+    length = client.xlen(keys.frames)
+    assert 5 <= length <= 5 + 3
+    assert sum(s.sent for s in summaries.values()) == length
+    assert sum(s.dropped for s in summaries.values()) == 120 - length
+    stats = client.hgetall(keys.stats)
+    assert (int(stats[b"sent"]), int(stats[b"dropped"])) == (length, 120 - length)
+    for lane, summary in summaries.items():
+        assert int(stats.get(f"dropped:{lane}".encode(), 0)) == summary.dropped
+
+
+@pytest.mark.redis
 def test_producer_rides_out_a_redis_restart(redis_factory, keys):
     """Killing and restarting Redis mid-run costs no frame the producer reported as sent."""
     server = redis_factory(appendonly=True)
