@@ -23,7 +23,8 @@ from worker.training.plots import plot_rates
 
 READING_FILE = "reading.md"  # the written reading of the numbers, included as it is
 RUNS = {
-    "shipped": "the shipped model (domain-randomised training)",
+    "shipped": "the shipped model (domain-randomised training, 10 epochs)",
+    "previous": "the model shipped before it (the same recipe, its first 5 epochs)",
     "source-only": "the source-only model (the seed's setting)",
     "control": "fine-tuned without attention guidance (control)",
     "guidance": "fine-tuned with attention guidance",
