@@ -38,22 +38,17 @@ def rois_from_mask(
     """ROIs of a (grid rows, grid cols) attention mask for a frame of `frame_hw` pixels."""
     if max_rois == 0:
         return []
-    peak = float(mask_grid.max())
-    if not peak > 0.0:
-        return []
     rows, cols = frame_hw
     scale = work_scale(frame_hw)
     work_hw = (math.ceil(rows / scale), math.ceil(cols / scale))
     attention: np.ndarray = cv2.resize(
-        (mask_grid / peak).astype(np.float32),
-        (work_hw[1], work_hw[0]),
-        interpolation=cv2.INTER_LINEAR,
+        mask_grid.astype(np.float32), (work_hw[1], work_hw[0]), interpolation=cv2.INTER_LINEAR
     )
-    # A lone peak cell can fall between the resized samples, so the resized map's maximum
-    # may be below the grid's; the threshold is a fraction of the map it is applied to,
-    # so the peak's component is never empty.
+    # Normalised after the resize, not before: a lone peak cell can fall between resized
+    # samples, and the threshold must be a fraction of the map it cuts, so the peak's
+    # component is never empty.
     top_value = float(attention.max())
-    if not top_value > 0.0:  # a frame smaller than the grid whose samples all miss the peak
+    if not top_value > 0.0:  # no attention, or a frame whose samples all miss the peak
         return []
     attention = attention / top_value  # (h, w) in [0, 1], max exactly 1
     region = (attention >= threshold).astype(np.uint8)
